@@ -1,0 +1,90 @@
+//! Framing: a `u32` big-endian length prefix, then the payload. Plain functions over
+//! `BytesMut`, for callers with or without tokio (the codecs in [`crate::codec`] call these).
+//!
+//! The length is checked against the caller's maximum before any buffer is grown, so a
+//! hostile prefix costs nothing. A whole payload is split off the read buffer without
+//! copying, and decoding hands body bytes out as slices of it.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::message::{MasterMsg, WorkerMsg};
+use crate::{wire, ProtocolError, LENGTH_PREFIX};
+
+/// Splits one whole frame's payload off the front of `src`.
+///
+/// `Ok(None)` means more bytes are needed (and `src` has been given room for the rest
+/// of this frame). An over-long or zero length is an error before anything is allocated.
+pub fn split_frame(
+    src: &mut BytesMut,
+    max_frame_size: usize,
+) -> Result<Option<Bytes>, ProtocolError> {
+    let Some(prefix) = src.get(..LENGTH_PREFIX) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(prefix.try_into().expect("four bytes")) as usize;
+    if len > max_frame_size {
+        return Err(ProtocolError::FrameTooLong {
+            len,
+            max: max_frame_size,
+        });
+    }
+    if len == 0 {
+        return Err(ProtocolError::EmptyFrame);
+    }
+    if src.len() < LENGTH_PREFIX + len {
+        src.reserve(LENGTH_PREFIX + len - src.len());
+        return Ok(None);
+    }
+    src.advance(LENGTH_PREFIX);
+    Ok(Some(src.split_to(len).freeze()))
+}
+
+/// Appends one framed worker message to `dst`. A message whose payload would exceed
+/// `max_frame_size` is refused (and nothing is left in `dst`), since the peer would
+/// refuse it too.
+pub fn encode_worker(
+    msg: &WorkerMsg,
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+) -> Result<(), ProtocolError> {
+    framed(dst, max_frame_size, |dst| wire::put_worker(msg, dst))
+}
+
+/// Appends one framed master message to `dst`; see [`encode_worker`].
+pub fn encode_master(
+    msg: &MasterMsg,
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+) -> Result<(), ProtocolError> {
+    framed(dst, max_frame_size, |dst| wire::put_master(msg, dst))
+}
+
+fn framed(
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+    put_payload: impl FnOnce(&mut BytesMut),
+) -> Result<(), ProtocolError> {
+    let start = dst.len();
+    dst.extend_from_slice(&[0; LENGTH_PREFIX]);
+    put_payload(dst);
+    let len = dst.len() - start - LENGTH_PREFIX;
+    if len > max_frame_size || len > u32::MAX as usize {
+        dst.truncate(start);
+        return Err(ProtocolError::FrameTooLong {
+            len,
+            max: max_frame_size,
+        });
+    }
+    dst[start..start + LENGTH_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Decodes a worker message from one frame's payload (as returned by [`split_frame`]).
+pub fn decode_worker(payload: Bytes) -> Result<WorkerMsg, ProtocolError> {
+    wire::worker(payload)
+}
+
+/// Decodes a master message from one frame's payload (as returned by [`split_frame`]).
+pub fn decode_master(payload: Bytes) -> Result<MasterMsg, ProtocolError> {
+    wire::master(payload)
+}
