@@ -27,6 +27,11 @@ macro_rules! codec {
                 Self { max_frame_size }
             }
 
+            /// Changes the limit, e.g. once the peer has announced its own.
+            pub fn set_max_frame_size(&mut self, max_frame_size: usize) {
+                self.max_frame_size = max_frame_size;
+            }
+
             /// The largest payload this codec accepts and produces.
             pub fn max_frame_size(&self) -> usize {
                 self.max_frame_size

@@ -1,0 +1,111 @@
+//! `ferry-testbed`: a worker whose routes exercise every behaviour of Ferry, for
+//! tests, benchmarks and demos. Run it as `ferry -- ferry-testbed`.
+//!
+//! Routes: `GET /` hello; `/pid`; `POST /echo` (body back, streamed, same
+//! content-type); `/sleep?ms=N` (async wait); `/spin?ms=N` (blocks the thread);
+//! `/crash` (abort mid-request); `/panic`; `/exit?code=N`; `/stream?bytes=N`
+//! (chunked body of N bytes); `/headers` (request headers as JSON pairs).
+
+use bytes::Bytes;
+use ferry_worker::{Body, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+fn main() -> std::io::Result<()> {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(ferry_worker::serve(route))
+}
+
+async fn route(req: Request<Body>) -> Response<Body> {
+    let query = |key: &str| -> Option<u64> {
+        req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    };
+    match (req.method().as_str(), req.uri().path()) {
+        ("GET" | "HEAD", "/") => text("Hello, world!\n"),
+        ("GET", "/pid") => text(format!("{}\n", std::process::id())),
+        ("POST" | "PUT", "/echo") => {
+            let mut resp = Response::new(Body::empty());
+            if let Some(ct) = req.headers().get(http::header::CONTENT_TYPE) {
+                resp.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
+            }
+            *resp.body_mut() = req.into_body();
+            resp
+        }
+        ("GET", "/sleep") => {
+            let ms = query("ms").unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            text(format!("slept {ms} ms in {}\n", std::process::id()))
+        }
+        ("GET", "/spin") => {
+            let ms = query("ms").unwrap_or(0);
+            let until = Instant::now() + Duration::from_millis(ms);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            text(format!("spun {ms} ms in {}\n", std::process::id()))
+        }
+        ("GET", "/crash") => std::process::abort(),
+        ("GET", "/panic") => panic!("the /panic route panics on purpose"),
+        ("GET", "/exit") => std::process::exit(query("code").unwrap_or(0) as i32),
+        ("GET", "/stream") => {
+            let mut resp = Response::new(Body::new(Repeat { left: query("bytes").unwrap_or(0) }));
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+            resp
+        }
+        ("GET", "/headers") => {
+            let pairs: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            let mut resp = Response::new(Body::from(serde_json::to_string(&pairs).expect("strings serialize")));
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            resp
+        }
+        _ => {
+            let mut resp = text("not found\n");
+            *resp.status_mut() = StatusCode::NOT_FOUND;
+            resp
+        }
+    }
+}
+
+fn text(body: impl Into<Body>) -> Response<Body> {
+    let mut resp = Response::new(body.into());
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// `left` bytes of a repeating pattern, in 64 KiB chunks, with no length announced
+/// (so clients see a chunked body).
+struct Repeat {
+    left: u64,
+}
+
+const PATTERN: &[u8; 64] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n";
+
+impl http_body::Body for Repeat {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(64 * 1024) as usize;
+        self.left -= n as u64;
+        let chunk: Vec<u8> = PATTERN.iter().copied().cycle().take(n).collect();
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

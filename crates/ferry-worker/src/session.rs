@@ -1,0 +1,474 @@
+//! One worker's life on its channel: the handshake, a reader loop that starts one
+//! task per request, and a writer task that coalesces every queued frame into one
+//! write. This module owns the table of requests in flight.
+//!
+//! The table is the arbiter of the protocol's one rule for a worker: every request
+//! id gets exactly one terminal message, and nothing after it. Frames for an id are
+//! queued only while the id is in the table (checked under the table's lock), and
+//! whoever removes the id, the request's own task finishing or a `Cancel` arriving,
+//! queues the terminal message in the same critical section.
+
+use bytes::Bytes;
+use ferry_protocol::codec::WorkerCodec;
+use ferry_protocol::*;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use std::collections::HashMap;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::AbortHandle;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tower::ServiceExt;
+
+use crate::body::{Body, BoxError, Piece};
+use crate::{RequestInfo, Worker};
+
+/// Largest body a response may carry inline in its head frame.
+const INLINE_MAX: usize = 64 * 1024;
+/// Largest data carried by one body chunk frame.
+const CHUNK_MAX: usize = 64 * 1024;
+
+struct Active {
+    /// Where request-body chunks for this id go, while the body is still arriving.
+    body: Option<mpsc::UnboundedSender<Piece>>,
+    /// Response-body bytes we may still send before the master grants more.
+    window: Arc<Semaphore>,
+    abort: Option<AbortHandle>,
+    /// Whether the response head went out: after it, a failure can only be `Failed`.
+    head_sent: bool,
+}
+
+struct Shared {
+    requests: Mutex<HashMap<u64, Active>>,
+    queue: mpsc::UnboundedSender<WorkerMsg>,
+    /// Signalled when the table empties, so a drain can finish.
+    idle: Notify,
+}
+
+/// The handle request tasks and bodies use to send frames.
+#[derive(Clone)]
+pub(crate) struct Outbox(Arc<Shared>);
+
+impl Outbox {
+    /// Queues `msg` for `id` only if `id` is still in flight.
+    fn send_if_active(&self, id: u64, msg: WorkerMsg) -> bool {
+        let table = self.0.requests.lock().unwrap();
+        table.contains_key(&id) && self.0.queue.send(msg).is_ok()
+    }
+
+    /// Ends `id` with its terminal message, unless something else already ended it.
+    fn finish(&self, id: u64, terminal: WorkerMsg) -> bool {
+        let mut table = self.0.requests.lock().unwrap();
+        let Some(active) = table.remove(&id) else { return false };
+        drop(active);
+        let _ = self.0.queue.send(terminal);
+        if table.is_empty() {
+            self.0.idle.notify_one();
+        }
+        true
+    }
+
+    /// Queues the streamed response head of `id`, remembering that it went out.
+    fn send_head(&self, id: u64, head: WorkerMsg) -> bool {
+        let mut table = self.0.requests.lock().unwrap();
+        match table.get_mut(&id) {
+            Some(a) => {
+                a.head_sent = true;
+                self.0.queue.send(head).is_ok()
+            }
+            None => false,
+        }
+    }
+
+    /// Ends `id` after its handler panicked: a 500 if no head went out yet, else `Failed`.
+    fn finish_after_panic(&self, id: u64) {
+        let head_sent = self.0.requests.lock().unwrap().get(&id).is_some_and(|a| a.head_sent);
+        let terminal = if head_sent {
+            WorkerMsg::Failed(RequestFailed { id, reason: "handler panicked".into() })
+        } else {
+            inline_response(id, 500, "Internal Server Error\n")
+        };
+        self.finish(id, terminal);
+    }
+
+    /// Grants the master `n` more request-body bytes for `id`.
+    pub(crate) fn credit(&self, id: u64, n: usize) {
+        if n > 0 {
+            self.send_if_active(id, WorkerMsg::Credit(Credit { id, bytes: n as u32 }));
+        }
+    }
+
+    fn send(&self, msg: WorkerMsg) {
+        let _ = self.0.queue.send(msg);
+    }
+}
+
+/// Why a session ended without error.
+pub(crate) enum End {
+    Drained,
+    MasterGone,
+}
+
+pub(crate) async fn run<S, B>(cfg: Worker, svc: S) -> io::Result<End>
+where
+    S: tower_service::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let stream = crate::channel::from_env()?;
+    let (read, write) = stream.into_split();
+    let mut reader = FramedRead::new(read, WorkerCodec::default());
+    let mut writer = FramedWrite::new(write, WorkerCodec::default());
+
+    writer
+        .send(WorkerMsg::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            max_in_flight: cfg.max_in_flight,
+            initial_window: cfg.initial_window,
+            sdk_name: env!("CARGO_PKG_NAME").into(),
+            sdk_version: env!("CARGO_PKG_VERSION").into(),
+        }))
+        .await
+        .map_err(to_io)?;
+    let welcome = match reader.next().await {
+        Some(Ok(MasterMsg::Welcome(w))) => w,
+        Some(Ok(other)) => return Err(invalid(format!("expected Welcome from the master, got {other:?}"))),
+        Some(Err(e)) => return Err(invalid(format!("handshake with the master failed: {e}"))),
+        None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the master closed the channel during the handshake")),
+    };
+    let max_frame = welcome.max_frame_size as usize;
+    reader.decoder_mut().set_max_frame_size(max_frame);
+    writer.encoder_mut().set_max_frame_size(max_frame);
+    // Frames queue in the writer's buffer up to this much before it must write.
+    writer.set_backpressure_boundary(256 * 1024);
+    tracing::debug!(index = welcome.worker_index, "ferry worker ready");
+
+    let (queue, rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared { requests: Mutex::new(HashMap::new()), queue, idle: Notify::new() });
+    let outbox = Outbox(shared.clone());
+    let writer_task = tokio::spawn(write_loop(rx, writer));
+    let limits = Limits {
+        max_in_flight: cfg.max_in_flight.min(welcome.max_in_flight).max(1) as usize,
+        window: welcome.initial_window,
+        chunk: CHUNK_MAX.min(welcome.initial_window.max(1) as usize).min(max_frame.saturating_sub(BODY_CHUNK_OVERHEAD).max(1)),
+    };
+
+    let mut draining = false;
+    let end = loop {
+        let frame = tokio::select! {
+            frame = reader.next() => frame,
+            _ = shared.idle.notified(), if draining => {
+                if shared.requests.lock().unwrap().is_empty() { break End::Drained } else { continue }
+            }
+        };
+        let msg = match frame {
+            None => break End::MasterGone,
+            Some(Err(ProtocolError::Io(e))) if e.kind() == io::ErrorKind::ConnectionReset => break End::MasterGone,
+            Some(Err(e)) => {
+                abort_all(&shared);
+                return Err(invalid(format!("bad frame from the master: {e}")));
+            }
+            Some(Ok(msg)) => msg,
+        };
+        match msg {
+            MasterMsg::RequestHead(head) => start_request(head, &svc, &outbox, &limits),
+            MasterMsg::BodyChunk(c) => {
+                if let Some(tx) = shared.requests.lock().unwrap().get(&c.id).and_then(|a| a.body.as_ref()) {
+                    let _ = tx.send(Piece::Data(c.data));
+                }
+            }
+            MasterMsg::BodyEnd(e) => {
+                if let Some(tx) = shared.requests.lock().unwrap().get_mut(&e.id).and_then(|a| a.body.take()) {
+                    let _ = tx.send(Piece::End(e.trailers));
+                }
+            }
+            MasterMsg::Credit(c) => {
+                if let Some(a) = shared.requests.lock().unwrap().get(&c.id) {
+                    a.window.add_permits(c.bytes as usize);
+                }
+            }
+            MasterMsg::Cancel(c) => {
+                let mut table = shared.requests.lock().unwrap();
+                if let Some(active) = table.remove(&c.id) {
+                    if let Some(abort) = active.abort {
+                        abort.abort();
+                    }
+                    let _ = shared.queue.send(WorkerMsg::Failed(RequestFailed { id: c.id, reason: "cancelled".into() }));
+                    if table.is_empty() {
+                        shared.idle.notify_one();
+                    }
+                }
+            }
+            MasterMsg::Ping(p) => {
+                let in_flight = shared.requests.lock().unwrap().len() as u32;
+                outbox.send(WorkerMsg::Pong(Pong { nonce: p.nonce, in_flight }));
+            }
+            MasterMsg::Drain => {
+                draining = true;
+                if shared.requests.lock().unwrap().is_empty() {
+                    break End::Drained;
+                }
+            }
+            MasterMsg::Welcome(_) => tracing::warn!("ignoring a second Welcome from the master"),
+        }
+    };
+
+    if matches!(end, End::Drained) {
+        outbox.send(WorkerMsg::Goodbye(Goodbye { reason: "drained".into() }));
+    } else {
+        abort_all(&shared);
+    }
+    drop(outbox);
+    drop(shared);
+    // The writer ends once every sender is gone and the queue is flushed.
+    let _ = writer_task.await;
+    Ok(end)
+}
+
+struct Limits {
+    max_in_flight: usize,
+    window: u32,
+    chunk: usize,
+}
+
+fn abort_all(shared: &Shared) {
+    for (_, active) in shared.requests.lock().unwrap().drain() {
+        if let Some(abort) = active.abort {
+            abort.abort();
+        }
+    }
+}
+
+/// Drains every frame already queued into the buffer, then flushes once: under load
+/// one write carries many frames.
+async fn write_loop(mut rx: mpsc::UnboundedReceiver<WorkerMsg>, mut sink: FramedWrite<OwnedWriteHalf, WorkerCodec>) {
+    while let Some(msg) = rx.recv().await {
+        let mut next = Some(msg);
+        while let Some(msg) = next {
+            if let Err(e) = sink.feed(msg).await {
+                match e {
+                    ProtocolError::Io(e) => {
+                        tracing::debug!("channel write failed: {e}");
+                        return;
+                    }
+                    // The message itself was refused (too large); nothing was buffered.
+                    e => tracing::error!("dropping a frame the master would refuse: {e}"),
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.flush().await;
+}
+
+fn start_request<S, B>(mut head: RequestHead, svc: &S, outbox: &Outbox, limits: &Limits)
+where
+    S: tower_service::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let id = head.id;
+    let window = Arc::new(Semaphore::new(limits.window as usize));
+    let (body, body_tx) = match std::mem::replace(&mut head.body, BodyKind::Empty) {
+        BodyKind::Empty => (Body::empty(), None),
+        BodyKind::Inline(b) => (Body::from(b), None),
+        BodyKind::Streamed { length } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Body::incoming(id, length, rx, outbox.clone()), Some(tx))
+        }
+    };
+    {
+        let mut table = outbox.0.requests.lock().unwrap();
+        if table.contains_key(&id) || table.len() >= limits.max_in_flight {
+            drop(table);
+            tracing::error!(id, "the master sent a request over the announced limit or with an id in use");
+            outbox.send(WorkerMsg::Failed(RequestFailed { id, reason: "worker over its in-flight limit".into() }));
+            return;
+        }
+        table.insert(id, Active { body: body_tx, window: window.clone(), abort: None, head_sent: false });
+    }
+    let request = match build_request(head, body) {
+        Ok(r) => r,
+        Err(reason) => {
+            outbox.finish(id, inline_response(id, 400, reason));
+            return;
+        }
+    };
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let svc = svc.clone();
+    let out = outbox.clone();
+    let chunk = limits.chunk;
+    let task = tokio::spawn(async move {
+        let handled = AssertUnwindSafe(async {
+            // Errors become `BoxError` at once: `S::Error` need not be `Send`.
+            let result = svc.oneshot(request).await.map_err(Into::<BoxError>::into);
+            match result {
+                Ok(resp) => send_response(id, resp, &out, &window, chunk).await,
+                Err(e) => {
+                    tracing::error!(%method, path, "handler failed: {e}");
+                    out.finish(id, inline_response(id, 500, "Internal Server Error\n"));
+                }
+            }
+        })
+        .catch_unwind()
+        .await;
+        if let Err(panic) = handled {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%method, path, "handler panicked: {what}");
+            out.finish_after_panic(id);
+        }
+    });
+    if let Some(a) = outbox.0.requests.lock().unwrap().get_mut(&id) {
+        a.abort = Some(task.abort_handle());
+    }
+}
+
+fn build_request(head: RequestHead, body: Body) -> Result<Request<Body>, &'static str> {
+    let mut req = Request::new(body);
+    *req.method_mut() = http::Method::from_bytes(head.method.as_bytes()).map_err(|_| "invalid method\n")?;
+    *req.uri_mut() = head.target.parse().map_err(|_| "invalid request target\n")?;
+    *req.version_mut() = match head.version {
+        HttpVersion::Http09 => http::Version::HTTP_09,
+        HttpVersion::Http10 => http::Version::HTTP_10,
+        HttpVersion::Http11 => http::Version::HTTP_11,
+        HttpVersion::Http2 => http::Version::HTTP_2,
+        HttpVersion::Http3 => http::Version::HTTP_3,
+    };
+    let headers = req.headers_mut();
+    headers.reserve(head.headers.len());
+    for h in head.headers {
+        let name = http::HeaderName::from_bytes(&h.name).map_err(|_| "invalid header name\n")?;
+        let value = http::HeaderValue::from_maybe_shared(h.value).map_err(|_| "invalid header value\n")?;
+        headers.append(name, value);
+    }
+    req.extensions_mut().insert(RequestInfo { id: head.id, peer: head.peer });
+    Ok(req)
+}
+
+fn inline_response(id: u64, status: u16, body: &'static str) -> WorkerMsg {
+    WorkerMsg::ResponseHead(ResponseHead {
+        id,
+        status,
+        headers: vec![Header::new(Bytes::from_static(b"content-type"), Bytes::from_static(b"text/plain"))],
+        body: BodyKind::Inline(Bytes::from_static(body.as_bytes())),
+    })
+}
+
+fn to_headers(map: HeaderMap) -> Vec<Header> {
+    let mut out = Vec::with_capacity(map.len());
+    let mut last = None;
+    for (name, value) in map {
+        // HeaderMap yields a name once, then None for its further values.
+        if let Some(n) = name {
+            last = Some(Bytes::copy_from_slice(n.as_str().as_bytes()));
+        }
+        let n = last.clone().expect("the first entry always carries its name");
+        out.push(Header { name: n, value: Bytes::copy_from_slice(value.as_bytes()) });
+    }
+    out
+}
+
+async fn send_response<B>(id: u64, resp: Response<B>, out: &Outbox, window: &Semaphore, chunk: usize)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = resp.into_parts();
+    let status = parts.status.as_u16();
+    let headers = to_headers(parts.headers);
+    let mut body = std::pin::pin!(body);
+    let head = |body| WorkerMsg::ResponseHead(ResponseHead { id, status, headers: headers.clone(), body });
+
+    if body.is_end_stream() {
+        out.finish(id, head(BodyKind::Empty));
+        return;
+    }
+    let length = body.size_hint().exact();
+    // Peek at the first frame: a body that is complete after it rides inline.
+    let first = match body.frame().await {
+        None => {
+            out.finish(id, head(BodyKind::Empty));
+            return;
+        }
+        Some(Err(e)) => {
+            tracing::error!(id, "response body failed before its first byte: {}", e.into());
+            out.finish(id, inline_response(id, 500, "Internal Server Error\n"));
+            return;
+        }
+        Some(Ok(frame)) => frame,
+    };
+    if let Some(data) = first.data_ref() {
+        if body.is_end_stream() && data.len() <= INLINE_MAX {
+            let data = first.into_data().unwrap_or_default();
+            out.finish(id, head(BodyKind::Inline(data)));
+            return;
+        }
+    }
+    if !out.send_head(id, head(BodyKind::Streamed { length })) {
+        return;
+    }
+    let mut next: Option<Result<http_body::Frame<Bytes>, BoxError>> = Some(Ok(first));
+    loop {
+        match next {
+            None => {
+                out.finish(id, WorkerMsg::BodyEnd(BodyEnd { id, trailers: vec![] }));
+                return;
+            }
+            Some(Err(e)) => {
+                let e: BoxError = e.into();
+                tracing::error!(id, "response body failed: {e}");
+                out.finish(id, WorkerMsg::Failed(RequestFailed { id, reason: format!("response body failed: {e}") }));
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    while !data.is_empty() {
+                        let piece = data.split_to(data.len().min(chunk));
+                        match window.acquire_many(piece.len() as u32).await {
+                            Ok(permit) => permit.forget(),
+                            Err(_) => return,
+                        }
+                        if !out.send_if_active(id, WorkerMsg::BodyChunk(BodyChunk { id, data: piece })) {
+                            return;
+                        }
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        out.finish(id, WorkerMsg::BodyEnd(BodyEnd { id, trailers: to_headers(trailers) }));
+                        return;
+                    }
+                }
+            },
+        }
+        next = body.frame().await.map(|r| r.map_err(Into::into));
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn to_io(e: ProtocolError) -> io::Error {
+    match e {
+        ProtocolError::Io(e) => e,
+        e => invalid(e.to_string()),
+    }
+}
