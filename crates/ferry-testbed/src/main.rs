@@ -14,22 +14,34 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(ferry_worker::serve(route))
 }
 
 async fn route(req: Request<Body>) -> Response<Body> {
+    // Owned, so that no borrow of the (non-`Sync`) request is held across an await.
+    let q = req.uri().query().unwrap_or("").to_owned();
     let query = |key: &str| -> Option<u64> {
-        req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
     };
-    match (req.method().as_str(), req.uri().path()) {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    match (method.as_str(), path.as_str()) {
         ("GET" | "HEAD", "/") => text("Hello, world!\n"),
         ("GET", "/pid") => text(format!("{}\n", std::process::id())),
         ("POST" | "PUT", "/echo") => {
             let mut resp = Response::new(Body::empty());
             if let Some(ct) = req.headers().get(http::header::CONTENT_TYPE) {
-                resp.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
+                resp.headers_mut()
+                    .insert(http::header::CONTENT_TYPE, ct.clone());
             }
             *resp.body_mut() = req.into_body();
             resp
@@ -51,18 +63,33 @@ async fn route(req: Request<Body>) -> Response<Body> {
         ("GET", "/panic") => panic!("the /panic route panics on purpose"),
         ("GET", "/exit") => std::process::exit(query("code").unwrap_or(0) as i32),
         ("GET", "/stream") => {
-            let mut resp = Response::new(Body::new(Repeat { left: query("bytes").unwrap_or(0) }));
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+            let mut resp = Response::new(Body::new(Repeat {
+                left: query("bytes").unwrap_or(0),
+            }));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/octet-stream"),
+            );
             resp
         }
         ("GET", "/headers") => {
             let pairs: Vec<(String, String)> = req
                 .headers()
                 .iter()
-                .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(n, v)| {
+                    (
+                        n.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect();
-            let mut resp = Response::new(Body::from(serde_json::to_string(&pairs).expect("strings serialize")));
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            let mut resp = Response::new(Body::from(
+                serde_json::to_string(&pairs).expect("strings serialize"),
+            ));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
             resp
         }
         _ => {
@@ -75,7 +102,10 @@ async fn route(req: Request<Body>) -> Response<Body> {
 
 fn text(body: impl Into<Body>) -> Response<Body> {
     let mut resp = Response::new(body.into());
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
     resp
 }
 
@@ -91,7 +121,10 @@ impl http_body::Body for Repeat {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.left == 0 {
             return Poll::Ready(None);
         }

@@ -57,7 +57,9 @@ impl Body {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        Body { kind: Kind::Boxed(body.map_err(Into::into).boxed_unsync()) }
+        Body {
+            kind: Kind::Boxed(body.map_err(Into::into).boxed_unsync()),
+        }
     }
 
     /// Collects the whole body into one buffer.
@@ -71,8 +73,21 @@ impl Body {
         Ok(BodyExt::collect(self).await?.to_bytes())
     }
 
-    pub(crate) fn incoming(id: u64, length: Option<u64>, rx: mpsc::UnboundedReceiver<Piece>, outbox: Outbox) -> Self {
-        Body { kind: Kind::Incoming(Incoming { id, length, rx, outbox, done: false }) }
+    pub(crate) fn incoming(
+        id: u64,
+        length: Option<u64>,
+        rx: mpsc::UnboundedReceiver<Piece>,
+        outbox: Outbox,
+    ) -> Self {
+        Body {
+            kind: Kind::Incoming(Incoming {
+                id,
+                length,
+                rx,
+                outbox,
+                done: false,
+            }),
+        }
     }
 }
 
@@ -125,10 +140,17 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
             Kind::Empty => Poll::Ready(None),
-            Kind::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            Kind::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
             Kind::Boxed(b) => Pin::new(b).poll_frame(cx),
             Kind::Incoming(inc) => {
                 if inc.done {
@@ -179,7 +201,9 @@ impl http_body::Body for Body {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Boxed(b) => b.size_hint(),
-            Kind::Incoming(inc) => inc.length.map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::Incoming(inc) => inc
+                .length
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }
 }

@@ -13,9 +13,12 @@ pub(crate) fn from_env() -> io::Result<tokio::net::UnixStream> {
             format!("{CHANNEL_FD_ENV} is not set: this program is a ferry worker; run it as `ferry -- <command>`"),
         )
     })?;
-    let fd: RawFd = var
-        .parse()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{CHANNEL_FD_ENV}={var:?} is not a descriptor number")))?;
+    let fd: RawFd = var.parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{CHANNEL_FD_ENV}={var:?} is not a descriptor number"),
+        )
+    })?;
     // Nothing else in this process uses the descriptor: the master placed it for us.
     let sock = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
     // A descriptor that is not a connected socket fails here rather than mid-request.

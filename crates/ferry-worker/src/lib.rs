@@ -87,7 +87,10 @@ pub struct Worker {
 
 impl Default for Worker {
     fn default() -> Self {
-        Worker { max_in_flight: 1024, initial_window: ferry_protocol::DEFAULT_INITIAL_WINDOW }
+        Worker {
+            max_in_flight: 1024,
+            initial_window: ferry_protocol::DEFAULT_INITIAL_WINDOW,
+        }
     }
 }
 

@@ -64,7 +64,9 @@ impl Outbox {
     /// Ends `id` with its terminal message, unless something else already ended it.
     fn finish(&self, id: u64, terminal: WorkerMsg) -> bool {
         let mut table = self.0.requests.lock().unwrap();
-        let Some(active) = table.remove(&id) else { return false };
+        let Some(active) = table.remove(&id) else {
+            return false;
+        };
         drop(active);
         let _ = self.0.queue.send(terminal);
         if table.is_empty() {
@@ -87,9 +89,18 @@ impl Outbox {
 
     /// Ends `id` after its handler panicked: a 500 if no head went out yet, else `Failed`.
     fn finish_after_panic(&self, id: u64) {
-        let head_sent = self.0.requests.lock().unwrap().get(&id).is_some_and(|a| a.head_sent);
+        let head_sent = self
+            .0
+            .requests
+            .lock()
+            .unwrap()
+            .get(&id)
+            .is_some_and(|a| a.head_sent);
         let terminal = if head_sent {
-            WorkerMsg::Failed(RequestFailed { id, reason: "handler panicked".into() })
+            WorkerMsg::Failed(RequestFailed {
+                id,
+                reason: "handler panicked".into(),
+            })
         } else {
             inline_response(id, 500, "Internal Server Error\n")
         };
@@ -99,7 +110,13 @@ impl Outbox {
     /// Grants the master `n` more request-body bytes for `id`.
     pub(crate) fn credit(&self, id: u64, n: usize) {
         if n > 0 {
-            self.send_if_active(id, WorkerMsg::Credit(Credit { id, bytes: n as u32 }));
+            self.send_if_active(
+                id,
+                WorkerMsg::Credit(Credit {
+                    id,
+                    bytes: n as u32,
+                }),
+            );
         }
     }
 
@@ -140,9 +157,18 @@ where
         .map_err(to_io)?;
     let welcome = match reader.next().await {
         Some(Ok(MasterMsg::Welcome(w))) => w,
-        Some(Ok(other)) => return Err(invalid(format!("expected Welcome from the master, got {other:?}"))),
+        Some(Ok(other)) => {
+            return Err(invalid(format!(
+                "expected Welcome from the master, got {other:?}"
+            )))
+        }
         Some(Err(e)) => return Err(invalid(format!("handshake with the master failed: {e}"))),
-        None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the master closed the channel during the handshake")),
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the master closed the channel during the handshake",
+            ))
+        }
     };
     let max_frame = welcome.max_frame_size as usize;
     reader.decoder_mut().set_max_frame_size(max_frame);
@@ -152,13 +178,19 @@ where
     tracing::debug!(index = welcome.worker_index, "ferry worker ready");
 
     let (queue, rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared { requests: Mutex::new(HashMap::new()), queue, idle: Notify::new() });
+    let shared = Arc::new(Shared {
+        requests: Mutex::new(HashMap::new()),
+        queue,
+        idle: Notify::new(),
+    });
     let outbox = Outbox(shared.clone());
     let writer_task = tokio::spawn(write_loop(rx, writer));
     let limits = Limits {
         max_in_flight: cfg.max_in_flight.min(welcome.max_in_flight).max(1) as usize,
         window: welcome.initial_window,
-        chunk: CHUNK_MAX.min(welcome.initial_window.max(1) as usize).min(max_frame.saturating_sub(BODY_CHUNK_OVERHEAD).max(1)),
+        chunk: CHUNK_MAX
+            .min(welcome.initial_window.max(1) as usize)
+            .min(max_frame.saturating_sub(BODY_CHUNK_OVERHEAD).max(1)),
     };
 
     let mut draining = false;
@@ -171,7 +203,9 @@ where
         };
         let msg = match frame {
             None => break End::MasterGone,
-            Some(Err(ProtocolError::Io(e))) if e.kind() == io::ErrorKind::ConnectionReset => break End::MasterGone,
+            Some(Err(ProtocolError::Io(e))) if e.kind() == io::ErrorKind::ConnectionReset => {
+                break End::MasterGone
+            }
             Some(Err(e)) => {
                 abort_all(&shared);
                 return Err(invalid(format!("bad frame from the master: {e}")));
@@ -181,12 +215,24 @@ where
         match msg {
             MasterMsg::RequestHead(head) => start_request(head, &svc, &outbox, &limits),
             MasterMsg::BodyChunk(c) => {
-                if let Some(tx) = shared.requests.lock().unwrap().get(&c.id).and_then(|a| a.body.as_ref()) {
+                if let Some(tx) = shared
+                    .requests
+                    .lock()
+                    .unwrap()
+                    .get(&c.id)
+                    .and_then(|a| a.body.as_ref())
+                {
                     let _ = tx.send(Piece::Data(c.data));
                 }
             }
             MasterMsg::BodyEnd(e) => {
-                if let Some(tx) = shared.requests.lock().unwrap().get_mut(&e.id).and_then(|a| a.body.take()) {
+                if let Some(tx) = shared
+                    .requests
+                    .lock()
+                    .unwrap()
+                    .get_mut(&e.id)
+                    .and_then(|a| a.body.take())
+                {
                     let _ = tx.send(Piece::End(e.trailers));
                 }
             }
@@ -201,7 +247,10 @@ where
                     if let Some(abort) = active.abort {
                         abort.abort();
                     }
-                    let _ = shared.queue.send(WorkerMsg::Failed(RequestFailed { id: c.id, reason: "cancelled".into() }));
+                    let _ = shared.queue.send(WorkerMsg::Failed(RequestFailed {
+                        id: c.id,
+                        reason: "cancelled".into(),
+                    }));
                     if table.is_empty() {
                         shared.idle.notify_one();
                     }
@@ -209,7 +258,10 @@ where
             }
             MasterMsg::Ping(p) => {
                 let in_flight = shared.requests.lock().unwrap().len() as u32;
-                outbox.send(WorkerMsg::Pong(Pong { nonce: p.nonce, in_flight }));
+                outbox.send(WorkerMsg::Pong(Pong {
+                    nonce: p.nonce,
+                    in_flight,
+                }));
             }
             MasterMsg::Drain => {
                 draining = true;
@@ -222,7 +274,9 @@ where
     };
 
     if matches!(end, End::Drained) {
-        outbox.send(WorkerMsg::Goodbye(Goodbye { reason: "drained".into() }));
+        outbox.send(WorkerMsg::Goodbye(Goodbye {
+            reason: "drained".into(),
+        }));
     } else {
         abort_all(&shared);
     }
@@ -249,7 +303,10 @@ fn abort_all(shared: &Shared) {
 
 /// Drains every frame already queued into the buffer, then flushes once: under load
 /// one write carries many frames.
-async fn write_loop(mut rx: mpsc::UnboundedReceiver<WorkerMsg>, mut sink: FramedWrite<OwnedWriteHalf, WorkerCodec>) {
+async fn write_loop(
+    mut rx: mpsc::UnboundedReceiver<WorkerMsg>,
+    mut sink: FramedWrite<OwnedWriteHalf, WorkerCodec>,
+) {
     while let Some(msg) = rx.recv().await {
         let mut next = Some(msg);
         while let Some(msg) = next {
@@ -294,11 +351,25 @@ where
         let mut table = outbox.0.requests.lock().unwrap();
         if table.contains_key(&id) || table.len() >= limits.max_in_flight {
             drop(table);
-            tracing::error!(id, "the master sent a request over the announced limit or with an id in use");
-            outbox.send(WorkerMsg::Failed(RequestFailed { id, reason: "worker over its in-flight limit".into() }));
+            tracing::error!(
+                id,
+                "the master sent a request over the announced limit or with an id in use"
+            );
+            outbox.send(WorkerMsg::Failed(RequestFailed {
+                id,
+                reason: "worker over its in-flight limit".into(),
+            }));
             return;
         }
-        table.insert(id, Active { body: body_tx, window: window.clone(), abort: None, head_sent: false });
+        table.insert(
+            id,
+            Active {
+                body: body_tx,
+                window: window.clone(),
+                abort: None,
+                head_sent: false,
+            },
+        );
     }
     let request = match build_request(head, body) {
         Ok(r) => r,
@@ -342,8 +413,12 @@ where
 
 fn build_request(head: RequestHead, body: Body) -> Result<Request<Body>, &'static str> {
     let mut req = Request::new(body);
-    *req.method_mut() = http::Method::from_bytes(head.method.as_bytes()).map_err(|_| "invalid method\n")?;
-    *req.uri_mut() = head.target.parse().map_err(|_| "invalid request target\n")?;
+    *req.method_mut() =
+        http::Method::from_bytes(head.method.as_bytes()).map_err(|_| "invalid method\n")?;
+    *req.uri_mut() = head
+        .target
+        .parse()
+        .map_err(|_| "invalid request target\n")?;
     *req.version_mut() = match head.version {
         HttpVersion::Http09 => http::Version::HTTP_09,
         HttpVersion::Http10 => http::Version::HTTP_10,
@@ -355,10 +430,14 @@ fn build_request(head: RequestHead, body: Body) -> Result<Request<Body>, &'stati
     headers.reserve(head.headers.len());
     for h in head.headers {
         let name = http::HeaderName::from_bytes(&h.name).map_err(|_| "invalid header name\n")?;
-        let value = http::HeaderValue::from_maybe_shared(h.value).map_err(|_| "invalid header value\n")?;
+        let value =
+            http::HeaderValue::from_maybe_shared(h.value).map_err(|_| "invalid header value\n")?;
         headers.append(name, value);
     }
-    req.extensions_mut().insert(RequestInfo { id: head.id, peer: head.peer });
+    req.extensions_mut().insert(RequestInfo {
+        id: head.id,
+        peer: head.peer,
+    });
     Ok(req)
 }
 
@@ -366,7 +445,10 @@ fn inline_response(id: u64, status: u16, body: &'static str) -> WorkerMsg {
     WorkerMsg::ResponseHead(ResponseHead {
         id,
         status,
-        headers: vec![Header::new(Bytes::from_static(b"content-type"), Bytes::from_static(b"text/plain"))],
+        headers: vec![Header::new(
+            Bytes::from_static(b"content-type"),
+            Bytes::from_static(b"text/plain"),
+        )],
         body: BodyKind::Inline(Bytes::from_static(body.as_bytes())),
     })
 }
@@ -379,14 +461,24 @@ fn to_headers(map: HeaderMap) -> Vec<Header> {
         if let Some(n) = name {
             last = Some(Bytes::copy_from_slice(n.as_str().as_bytes()));
         }
-        let n = last.clone().expect("the first entry always carries its name");
-        out.push(Header { name: n, value: Bytes::copy_from_slice(value.as_bytes()) });
+        let n = last
+            .clone()
+            .expect("the first entry always carries its name");
+        out.push(Header {
+            name: n,
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        });
     }
     out
 }
 
-async fn send_response<B>(id: u64, resp: Response<B>, out: &Outbox, window: &Semaphore, chunk: usize)
-where
+async fn send_response<B>(
+    id: u64,
+    resp: Response<B>,
+    out: &Outbox,
+    window: &Semaphore,
+    chunk: usize,
+) where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
@@ -394,7 +486,14 @@ where
     let status = parts.status.as_u16();
     let headers = to_headers(parts.headers);
     let mut body = std::pin::pin!(body);
-    let head = |body| WorkerMsg::ResponseHead(ResponseHead { id, status, headers: headers.clone(), body });
+    let head = |body| {
+        WorkerMsg::ResponseHead(ResponseHead {
+            id,
+            status,
+            headers: headers.clone(),
+            body,
+        })
+    };
 
     if body.is_end_stream() {
         out.finish(id, head(BodyKind::Empty));
@@ -408,7 +507,11 @@ where
             return;
         }
         Some(Err(e)) => {
-            tracing::error!(id, "response body failed before its first byte: {}", e.into());
+            tracing::error!(
+                id,
+                "response body failed before its first byte: {}",
+                e.into()
+            );
             out.finish(id, inline_response(id, 500, "Internal Server Error\n"));
             return;
         }
@@ -428,13 +531,25 @@ where
     loop {
         match next {
             None => {
-                out.finish(id, WorkerMsg::BodyEnd(BodyEnd { id, trailers: vec![] }));
+                out.finish(
+                    id,
+                    WorkerMsg::BodyEnd(BodyEnd {
+                        id,
+                        trailers: vec![],
+                    }),
+                );
                 return;
             }
             Some(Err(e)) => {
                 let e: BoxError = e.into();
                 tracing::error!(id, "response body failed: {e}");
-                out.finish(id, WorkerMsg::Failed(RequestFailed { id, reason: format!("response body failed: {e}") }));
+                out.finish(
+                    id,
+                    WorkerMsg::Failed(RequestFailed {
+                        id,
+                        reason: format!("response body failed: {e}"),
+                    }),
+                );
                 return;
             }
             Some(Ok(frame)) => match frame.into_data() {
@@ -445,14 +560,22 @@ where
                             Ok(permit) => permit.forget(),
                             Err(_) => return,
                         }
-                        if !out.send_if_active(id, WorkerMsg::BodyChunk(BodyChunk { id, data: piece })) {
+                        if !out
+                            .send_if_active(id, WorkerMsg::BodyChunk(BodyChunk { id, data: piece }))
+                        {
                             return;
                         }
                     }
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        out.finish(id, WorkerMsg::BodyEnd(BodyEnd { id, trailers: to_headers(trailers) }));
+                        out.finish(
+                            id,
+                            WorkerMsg::BodyEnd(BodyEnd {
+                                id,
+                                trailers: to_headers(trailers),
+                            }),
+                        );
                         return;
                     }
                 }

@@ -1,0 +1,358 @@
+//! One worker's channel, from the master's side: the table of requests in flight on
+//! it, the routing of every frame the worker sends, and the writer that coalesces
+//! frames into few writes.
+//!
+//! The table enforces the protocol's rules for the worker: one response head per
+//! request, body bytes only within the window we granted, nothing for an id that is
+//! not in flight. A breach is a [`Violation`]: the supervisor kills the worker. Each
+//! entry owns its request's [`Lease`], so a request's slot is freed exactly when
+//! the worker finishes it (or dies), never merely because the client went away.
+
+use bytes::Bytes;
+use ferry_protocol::codec::MasterCodec;
+use ferry_protocol::*;
+use futures_util::SinkExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::codec::FramedWrite;
+
+use crate::pool::Lease;
+
+/// The start of a response, as the worker sent it.
+pub struct Start {
+    pub status: u16,
+    pub headers: Vec<Header>,
+    pub body: BodyKind,
+}
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum Lost {
+    /// The worker answered `RequestFailed` for it.
+    Failed(String),
+    /// The worker died or was killed with the request in flight.
+    WorkerGone,
+}
+
+/// A piece of a streamed response body.
+pub enum Piece {
+    Data(Bytes),
+    End(Vec<Header>),
+    Failed(String),
+}
+
+/// A breach of the protocol by the worker; the worker is killed for it.
+#[derive(Debug)]
+pub struct Violation(pub String);
+
+/// What the front holds for one request in flight.
+pub struct Exchange {
+    pub id: u64,
+    pub head: oneshot::Receiver<Result<Start, Lost>>,
+    pub body: mpsc::UnboundedReceiver<Piece>,
+    /// Request-body bytes the worker will still accept; credits add to it.
+    pub send_window: Arc<Semaphore>,
+}
+
+struct Entry {
+    head: Option<oneshot::Sender<Result<Start, Lost>>>,
+    body: mpsc::UnboundedSender<Piece>,
+    /// Response-body bytes the worker may still send before we grant more.
+    recv_window: u64,
+    send_window: Arc<Semaphore>,
+    cancelled: bool,
+    method: String,
+    path: String,
+    started: Instant,
+    _lease: Lease,
+}
+
+impl Entry {
+    /// Ends the entry for good: wakes the request body pump so it stops sending.
+    fn close(self) {
+        self.send_window.close();
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    entries: HashMap<u64, Entry>,
+    /// Set once the worker is gone: no new requests are registered.
+    closed: bool,
+}
+
+pub struct Channel {
+    pub index: usize,
+    pub pid: u32,
+    queue: mpsc::UnboundedSender<MasterMsg>,
+    table: Mutex<Table>,
+    /// The window we announced in `Welcome` (response bodies).
+    recv_window: u32,
+    /// The window the worker announced in `Hello` (request bodies).
+    send_window: u32,
+    /// Largest data in one body chunk we send.
+    pub chunk_size: usize,
+    /// Requests this worker finished.
+    served: std::sync::atomic::AtomicU64,
+}
+
+impl Channel {
+    pub fn new(
+        index: usize,
+        pid: u32,
+        queue: mpsc::UnboundedSender<MasterMsg>,
+        hello: &Hello,
+        welcome: &Welcome,
+    ) -> Arc<Self> {
+        let frame_room = (welcome.max_frame_size as usize).saturating_sub(BODY_CHUNK_OVERHEAD);
+        Arc::new(Channel {
+            index,
+            pid,
+            queue,
+            table: Mutex::new(Table::default()),
+            recv_window: welcome.initial_window,
+            send_window: hello.initial_window.max(1),
+            chunk_size: (64 * 1024)
+                .min(hello.initial_window.max(1) as usize)
+                .min(frame_room.max(1)),
+            served: Default::default(),
+        })
+    }
+
+    /// Queues a frame for the writer.
+    pub fn send(&self, msg: MasterMsg) {
+        let _ = self.queue.send(msg);
+    }
+
+    /// Puts a request in flight: returns its id and the receiving ends, or `None` if
+    /// the worker is already gone. The head frame is queued by the caller.
+    pub fn register(&self, lease: Lease, method: &str, path: &str) -> Option<Exchange> {
+        let mut t = self.table.lock().unwrap();
+        if t.closed {
+            return None;
+        }
+        t.next_id += 1;
+        let id = t.next_id;
+        let (head_tx, head) = oneshot::channel();
+        let (body_tx, body) = mpsc::unbounded_channel();
+        let send_window = Arc::new(Semaphore::new(self.send_window as usize));
+        t.entries.insert(
+            id,
+            Entry {
+                head: Some(head_tx),
+                body: body_tx,
+                recv_window: 0,
+                send_window: send_window.clone(),
+                cancelled: false,
+                method: method.to_owned(),
+                path: path.to_owned(),
+                started: Instant::now(),
+                _lease: lease,
+            },
+        );
+        Some(Exchange {
+            id,
+            head,
+            body,
+            send_window,
+        })
+    }
+
+    /// Asks the worker to drop request `id`. Its slot stays taken until the worker
+    /// confirms with a terminal message.
+    pub fn cancel(&self, id: u64) {
+        let mut t = self.table.lock().unwrap();
+        if let Some(e) = t.entries.get_mut(&id) {
+            if !e.cancelled {
+                e.cancelled = true;
+                self.send(MasterMsg::Cancel(Cancel { id }));
+            }
+        }
+    }
+
+    /// Grants the worker `n` more response-body bytes for `id`.
+    pub fn credit(&self, id: u64, n: u32) {
+        let mut t = self.table.lock().unwrap();
+        if let Some(e) = t.entries.get_mut(&id) {
+            e.recv_window += n as u64;
+            self.send(MasterMsg::Credit(Credit { id, bytes: n }));
+        }
+    }
+
+    /// The worker is gone: every request in flight learns it, and no new ones register.
+    pub fn fail_all(&self) {
+        let entries: Vec<Entry> = {
+            let mut t = self.table.lock().unwrap();
+            t.closed = true;
+            t.entries.drain().map(|(_, e)| e).collect()
+        };
+        // Outside the lock: dropping the leases takes the pool's lock.
+        for mut e in entries {
+            match e.head.take() {
+                Some(head) => {
+                    let _ = head.send(Err(Lost::WorkerGone));
+                }
+                None => {
+                    let _ = e
+                        .body
+                        .send(Piece::Failed("the worker died mid-response".into()));
+                }
+            }
+            e.close();
+        }
+    }
+
+    /// The requests in flight, for log lines: `GET /path (1.2s)`.
+    pub fn describe_in_flight(&self) -> Vec<String> {
+        let t = self.table.lock().unwrap();
+        t.entries
+            .values()
+            .map(|e| format!("{} {} ({:.1?})", e.method, e.path, e.started.elapsed()))
+            .collect()
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Routes one message from the worker.
+    pub fn handle(&self, msg: WorkerMsg) -> Result<(), Violation> {
+        let mut t = self.table.lock().unwrap();
+        let finished = match msg {
+            WorkerMsg::ResponseHead(h) => {
+                let e = t
+                    .entries
+                    .get_mut(&h.id)
+                    .ok_or_else(|| unknown("ResponseHead", h.id))?;
+                let head = e.head.take().ok_or_else(|| {
+                    Violation(format!("a second ResponseHead for request {}", h.id))
+                })?;
+                let done = !matches!(h.body, BodyKind::Streamed { .. });
+                if !done {
+                    e.recv_window = self.recv_window as u64;
+                }
+                let id = h.id;
+                // The receiver may be gone (client left); the Cancel is already queued.
+                let _ = head.send(Ok(Start {
+                    status: h.status,
+                    headers: h.headers,
+                    body: h.body,
+                }));
+                done.then_some(id)
+            }
+            WorkerMsg::BodyChunk(c) => {
+                let e = t
+                    .entries
+                    .get_mut(&c.id)
+                    .ok_or_else(|| unknown("BodyChunk", c.id))?;
+                if e.head.is_some() {
+                    return Err(Violation(format!(
+                        "a BodyChunk before the ResponseHead of request {}",
+                        c.id
+                    )));
+                }
+                let len = c.data.len() as u64;
+                if len > e.recv_window {
+                    return Err(Violation(format!(
+                        "request {}: a {len}-byte chunk overruns the {}-byte flow-control window",
+                        c.id, e.recv_window
+                    )));
+                }
+                e.recv_window -= len;
+                let _ = e.body.send(Piece::Data(c.data));
+                None
+            }
+            WorkerMsg::BodyEnd(b) => {
+                let e = t
+                    .entries
+                    .get(&b.id)
+                    .ok_or_else(|| unknown("BodyEnd", b.id))?;
+                if e.head.is_some() {
+                    return Err(Violation(format!(
+                        "a BodyEnd before the ResponseHead of request {}",
+                        b.id
+                    )));
+                }
+                let _ = e.body.send(Piece::End(b.trailers));
+                Some(b.id)
+            }
+            WorkerMsg::Failed(f) => {
+                let e = t
+                    .entries
+                    .get_mut(&f.id)
+                    .ok_or_else(|| unknown("RequestFailed", f.id))?;
+                match e.head.take() {
+                    Some(head) => {
+                        let _ = head.send(Err(Lost::Failed(f.reason)));
+                    }
+                    None => {
+                        let _ = e.body.send(Piece::Failed(f.reason));
+                    }
+                }
+                Some(f.id)
+            }
+            WorkerMsg::Credit(c) => {
+                let e = t
+                    .entries
+                    .get(&c.id)
+                    .ok_or_else(|| unknown("Credit", c.id))?;
+                e.send_window.add_permits(c.bytes as usize);
+                None
+            }
+            WorkerMsg::Pong(_) => None,
+            WorkerMsg::Goodbye(g) => {
+                tracing::info!(
+                    worker = self.index,
+                    pid = self.pid,
+                    "worker says goodbye: {}",
+                    g.reason
+                );
+                None
+            }
+            WorkerMsg::Hello(_) => return Err(Violation("a second Hello".into())),
+        };
+        if let Some(id) = finished {
+            self.served
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let entry = t.entries.remove(&id);
+            drop(t);
+            // Dropped outside our lock: the lease takes the pool's.
+            if let Some(e) = entry {
+                e.close();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unknown(what: &str, id: u64) -> Violation {
+    Violation(format!("{what} for request {id}, which is not in flight"))
+}
+
+/// Drains every frame already queued into the buffer, then flushes once: under load
+/// one write carries many frames.
+pub async fn write_loop(
+    mut rx: mpsc::UnboundedReceiver<MasterMsg>,
+    mut sink: FramedWrite<OwnedWriteHalf, MasterCodec>,
+) {
+    while let Some(msg) = rx.recv().await {
+        let mut next = Some(msg);
+        while let Some(msg) = next {
+            match sink.feed(msg).await {
+                Ok(()) => {}
+                Err(ProtocolError::Io(_)) => return,
+                // A frame too large for the limit: its request fails by timeout or
+                // its own checks; the channel itself stays usable.
+                Err(e) => tracing::error!("dropping a frame the worker would refuse: {e}"),
+            }
+            next = rx.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}

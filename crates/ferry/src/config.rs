@@ -1,0 +1,133 @@
+//! Command-line options and their `FERRY_*` environment equivalents.
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Ferry: an HTTP server whose handlers run in a pool of long-lived worker processes.
+///
+/// The master parses HTTP and sends each request as a message over a private channel
+/// to one worker; it owns timeouts, crashes, restarts, overload and shutdown. Workers
+/// are written with the ferry-worker SDK or against protocol/SPEC.md in any language.
+///
+/// Example: ferry --workers 2 -- ./target/release/ferry-testbed
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ferry", version, about, long_about)]
+pub struct Config {
+    /// Address to accept HTTP connections on.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Number of worker processes [default: the number of CPUs].
+    #[arg(long, env = "FERRY_WORKERS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: Option<u32>,
+
+    /// Most requests in flight on one worker at a time. 1 gives the classic
+    /// one-request-per-process model of PHP-FPM or Gunicorn's sync workers. A worker
+    /// may announce a lower limit of its own.
+    #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+
+    /// How a request picks its worker: least-outstanding (fewest requests in flight,
+    /// ties broken round-robin) or round-robin (each worker in turn, as Node's cluster).
+    #[arg(long, env = "FERRY_BALANCE", value_enum, default_value_t = Balance::LeastOutstanding)]
+    pub balance: Balance,
+
+    /// Requests that may wait in the master for a free worker slot; beyond it
+    /// requests get 503 with Retry-After.
+    #[arg(long, env = "FERRY_QUEUE_SIZE", default_value_t = 1024)]
+    pub queue_size: usize,
+
+    /// How long a request may wait in the queue for a worker before it gets 503.
+    #[arg(long, env = "FERRY_QUEUE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub queue_timeout: Duration,
+
+    /// How long a worker may take to send a response head; then the client gets 504
+    /// and the worker is told to cancel the request.
+    #[arg(long, env = "FERRY_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub request_timeout: Duration,
+
+    /// Largest request body accepted; larger ones get 413 (e.g. 10MiB, 512KiB, 1000).
+    #[arg(long, env = "FERRY_MAX_BODY_SIZE", default_value = "10MiB", value_parser = bytes)]
+    pub max_body_size: u64,
+
+    /// Largest request head (request line and headers); larger ones get 431.
+    #[arg(long, env = "FERRY_MAX_HEADER_SIZE", default_value = "64KiB", value_parser = bytes)]
+    pub max_header_size: u64,
+
+    /// Most header fields in one request; more get 431.
+    #[arg(long, env = "FERRY_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+
+    /// How long a client may take to send a request head (slowloris protection).
+    #[arg(long, env = "FERRY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+
+    /// Largest frame on a worker channel, either direction.
+    #[arg(long, env = "FERRY_MAX_FRAME_SIZE", default_value = "1MiB", value_parser = bytes)]
+    pub max_frame_size: u64,
+
+    /// How long a new worker may take to complete its handshake.
+    #[arg(long, env = "FERRY_START_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub start_timeout: Duration,
+
+    /// Retry once on another worker an idempotent request (GET, HEAD, OPTIONS, PUT,
+    /// DELETE) whose worker died before sending any response bytes.
+    #[arg(long, env = "FERRY_RETRY_IDEMPOTENT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub retry_idempotent: bool,
+
+    /// The worker command and its arguments, after `--`.
+    #[arg(required = true, last = true, value_name = "WORKER_CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Balance {
+    LeastOutstanding,
+    RoundRobin,
+}
+
+impl Config {
+    pub fn workers(&self) -> usize {
+        self.workers
+            .map(|n| n as usize)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 2m)"))
+}
+
+fn bytes(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{e} (examples: 10MiB, 512KiB, 4096)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse_with_units() {
+        assert_eq!(bytes("10MiB").unwrap(), 10 * 1024 * 1024);
+        assert_eq!(bytes("4096").unwrap(), 4096);
+        assert!(bytes("ten").is_err());
+        assert_eq!(duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(duration("5").is_err());
+    }
+
+    #[test]
+    fn command_comes_after_the_double_dash() {
+        let c =
+            Config::try_parse_from(["ferry", "--workers", "2", "--", "worker", "--flag"]).unwrap();
+        assert_eq!(c.command, ["worker", "--flag"]);
+        assert_eq!(c.workers(), 2);
+        assert!(
+            Config::try_parse_from(["ferry"]).is_err(),
+            "a worker command is required"
+        );
+        assert!(Config::try_parse_from(["ferry", "--workers", "0", "--", "w"]).is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! `ferry`: the master process. Parses options, sets up logging and the runtime,
+//! and hands over to [`master::run`].
+
+mod body;
+mod channel;
+mod config;
+mod front;
+mod master;
+mod pool;
+mod proxy;
+mod spawn;
+mod worker;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let config = config::Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(master::run(config));
+    // Workers still running are killed as their handles drop with the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}

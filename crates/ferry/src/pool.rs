@@ -1,0 +1,185 @@
+//! The pool: which workers are ready, how many requests each has in flight, and
+//! the queue of requests waiting for a slot.
+//!
+//! Dispatch binds late: a request that finds every worker full waits here, not on
+//! a worker, and goes to whichever worker frees a slot first. A slot is held by a
+//! [`Lease`]; dropping the lease (when the worker sends the request's terminal
+//! message, or the worker dies) frees the slot and hands it to the oldest waiter.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+use crate::channel::Channel;
+use crate::config::Balance;
+
+pub struct Pool {
+    state: Mutex<State>,
+    balance: Balance,
+    queue_size: usize,
+    queue_timeout: Duration,
+}
+
+struct State {
+    /// One entry per ready worker.
+    ready: Vec<Ready>,
+    /// Where the round-robin scan starts next.
+    cursor: usize,
+    waiters: VecDeque<oneshot::Sender<Lease>>,
+}
+
+struct Ready {
+    channel: Arc<Channel>,
+    in_flight: usize,
+    limit: usize,
+}
+
+/// Why no worker slot was had.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoSlot {
+    /// The wait queue is full: answer 503 at once.
+    QueueFull,
+    /// Waited `--queue-timeout` without a slot.
+    TimedOut,
+}
+
+/// One request's claim on one worker slot.
+pub struct Lease {
+    pool: Arc<Pool>,
+    channel: Arc<Channel>,
+    /// False only for a lease taken back under the pool's lock, whose count was already undone.
+    armed: bool,
+}
+
+impl Lease {
+    pub fn channel(&self) -> &Arc<Channel> {
+        &self.channel
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.release(&self.channel);
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(balance: Balance, queue_size: usize, queue_timeout: Duration) -> Arc<Self> {
+        Arc::new(Pool {
+            state: Mutex::new(State {
+                ready: Vec::new(),
+                cursor: 0,
+                waiters: VecDeque::new(),
+            }),
+            balance,
+            queue_size,
+            queue_timeout,
+        })
+    }
+
+    /// A worker finished its handshake: it takes requests from now on, starting
+    /// with any that are waiting.
+    pub fn add(self: &Arc<Self>, channel: Arc<Channel>, limit: usize) {
+        let mut st = self.state.lock().unwrap();
+        st.ready.push(Ready {
+            channel: channel.clone(),
+            in_flight: 0,
+            limit,
+        });
+        let at = st.ready.len() - 1;
+        self.serve_waiters(&mut st, at);
+    }
+
+    /// A worker leaves the pool (it died, or is draining): no new requests go to it.
+    pub fn remove(&self, channel: &Arc<Channel>) {
+        let mut st = self.state.lock().unwrap();
+        st.ready.retain(|r| !Arc::ptr_eq(&r.channel, channel));
+    }
+
+    /// Takes a slot on the best worker, waiting in the queue if all are full. With
+    /// `avoid` (a retry), any other worker is preferred.
+    pub async fn acquire_avoiding(
+        self: &Arc<Self>,
+        avoid: Option<&Arc<Channel>>,
+    ) -> Result<Lease, NoSlot> {
+        let rx = {
+            let mut st = self.state.lock().unwrap();
+            if let Some(i) = self
+                .pick(&st, avoid)
+                .or_else(|| avoid.and_then(|_| self.pick(&st, None)))
+            {
+                return Ok(self.lease(&mut st, i));
+            }
+            if st.waiters.len() >= self.queue_size {
+                return Err(NoSlot::QueueFull);
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push_back(tx);
+            rx
+        };
+        match tokio::time::timeout(self.queue_timeout, rx).await {
+            Ok(Ok(lease)) => Ok(lease),
+            // Our sender was dropped (never happens while the pool lives) or time ran out.
+            // A lease sent just as we gave up is dropped here, which frees it again.
+            _ => Err(NoSlot::TimedOut),
+        }
+    }
+
+    fn pick(&self, st: &State, avoid: Option<&Arc<Channel>>) -> Option<usize> {
+        let n = st.ready.len();
+        let candidates = (0..n)
+            .map(|k| (st.cursor + k) % n)
+            .filter(|&i| st.ready[i].in_flight < st.ready[i].limit)
+            .filter(|&i| avoid.is_none_or(|a| !Arc::ptr_eq(&st.ready[i].channel, a)));
+        match self.balance {
+            Balance::RoundRobin => candidates.into_iter().next(),
+            // min_by_key keeps the first of equals: the scan order breaks ties round-robin.
+            Balance::LeastOutstanding => candidates.min_by_key(|&i| st.ready[i].in_flight),
+        }
+    }
+
+    fn lease(self: &Arc<Self>, st: &mut State, i: usize) -> Lease {
+        st.ready[i].in_flight += 1;
+        st.cursor = (i + 1) % st.ready.len();
+        Lease {
+            pool: self.clone(),
+            channel: st.ready[i].channel.clone(),
+            armed: true,
+        }
+    }
+
+    fn release(self: &Arc<Self>, channel: &Arc<Channel>) {
+        let mut st = self.state.lock().unwrap();
+        // A worker that already left the pool has no entry; its count went with it.
+        if let Some(i) = st
+            .ready
+            .iter()
+            .position(|r| Arc::ptr_eq(&r.channel, channel))
+        {
+            st.ready[i].in_flight -= 1;
+            self.serve_waiters(&mut st, i);
+        }
+    }
+
+    /// Hands free slots of worker `i` to waiters, oldest first.
+    fn serve_waiters(self: &Arc<Self>, st: &mut State, i: usize) {
+        while st.ready[i].in_flight < st.ready[i].limit {
+            let Some(waiter) = st.waiters.pop_front() else {
+                return;
+            };
+            if waiter.is_closed() {
+                continue;
+            }
+            let lease = self.lease(st, i);
+            if let Err(mut lease) = waiter.send(lease) {
+                // The waiter gave up between our check and the send: undo here, since
+                // `release` would take the lock we hold.
+                st.ready[i].in_flight -= 1;
+                lease.armed = false;
+            }
+        }
+    }
+}
