@@ -4,16 +4,49 @@
 //! Routes: `GET /` hello; `/pid`; `POST /echo` (body back, streamed, same
 //! content-type); `/sleep?ms=N` (async wait); `/spin?ms=N` (blocks the thread);
 //! `/crash` (abort mid-request); `/panic`; `/exit?code=N`; `/stream?bytes=N`
-//! (chunked body of N bytes); `/headers` (request headers as JSON pairs).
+//! (chunked body of N bytes); `/headers` (request headers as JSON pairs);
+//! `/spawn` (starts a `sleep` grandchild in the worker's process group, returns its pid).
+//!
+//! `/sleep` logs `sleeping N ms` to stderr when it starts (tests wait for that line
+//! instead of guessing with timers) and reports how many requests this process had
+//! in flight. If `FERRY_TESTBED_FAIL_IF_EXISTS` names a file that exists, the worker
+//! exits with status 1 at start, before its handshake (to test restart backoff).
 
 use bytes::Bytes;
 use ferry_worker::{Body, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// Requests this process is handling right now.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> (Self, usize) {
+        (InFlight, IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn main() -> std::io::Result<()> {
+    if let Some(marker) = std::env::var_os("FERRY_TESTBED_FAIL_IF_EXISTS") {
+        if std::path::Path::new(&marker).exists() {
+            eprintln!(
+                "ferry-testbed: {} exists; failing at start on purpose",
+                marker.to_string_lossy()
+            );
+            std::process::exit(1);
+        }
+    }
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -27,6 +60,7 @@ fn main() -> std::io::Result<()> {
 }
 
 async fn route(req: Request<Body>) -> Response<Body> {
+    let (_guard, in_flight) = InFlight::enter();
     // Owned, so that no borrow of the (non-`Sync`) request is held across an await.
     let q = req.uri().query().unwrap_or("").to_owned();
     let query = |key: &str| -> Option<u64> {
@@ -48,8 +82,12 @@ async fn route(req: Request<Body>) -> Response<Body> {
         }
         ("GET", "/sleep") => {
             let ms = query("ms").unwrap_or(0);
+            eprintln!("sleeping {ms} ms");
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            text(format!("slept {ms} ms in {}\n", std::process::id()))
+            text(format!(
+                "slept {ms} ms in {} with {in_flight} in flight\n",
+                std::process::id()
+            ))
         }
         ("GET", "/spin") => {
             let ms = query("ms").unwrap_or(0);
@@ -72,6 +110,10 @@ async fn route(req: Request<Body>) -> Response<Body> {
             );
             resp
         }
+        ("GET", "/spawn") => match std::process::Command::new("sleep").arg("600").spawn() {
+            Ok(child) => text(format!("{}\n", child.id())),
+            Err(e) => text(format!("spawn failed: {e}\n")),
+        },
         ("GET", "/headers") => {
             let pairs: Vec<(String, String)> = req
                 .headers()

@@ -1,0 +1,106 @@
+//! `ferry-misbehave MODE`: a worker that breaks the protocol on purpose.
+//!
+//! It speaks the protocol by hand with blocking I/O (as a worker in another language
+//! would) and answers every request `200 ok <pid>` inline, except that:
+//! - `wrong-version`: its Hello carries protocol version 99;
+//! - `exit-at-start`: it prints a line to stderr and exits with status 3 before Hello;
+//! - `garbage`, `oversize`, `unknown-id`, `second-head`: a request for `/evil` is
+//!   answered with an unknown message type, a 2 GiB length prefix, a response for an
+//!   id never sent, or two response heads.
+
+use bytes::{Bytes, BytesMut};
+use ferry_protocol::frame::{decode_master, encode_worker, split_frame};
+use ferry_protocol::*;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    if mode == "exit-at-start" {
+        eprintln!("misbehave: cannot find my configuration");
+        std::process::exit(3);
+    }
+    let fd: i32 = std::env::var(CHANNEL_FD_ENV)
+        .expect("FERRY_FD")
+        .parse()
+        .expect("fd number");
+    let mut sock = unsafe { UnixStream::from_raw_fd(fd) };
+    let version = if mode == "wrong-version" {
+        99
+    } else {
+        PROTOCOL_VERSION
+    };
+    send(
+        &mut sock,
+        &WorkerMsg::Hello(Hello {
+            protocol_version: version,
+            pid: std::process::id(),
+            max_in_flight: 64,
+            initial_window: DEFAULT_INITIAL_WINDOW,
+            sdk_name: "misbehave".into(),
+            sdk_version: "0".into(),
+        }),
+    );
+    let mut buf = BytesMut::new();
+    loop {
+        let msg = loop {
+            match split_frame(&mut buf, usize::MAX).expect("frame") {
+                Some(p) => break decode_master(p).expect("message"),
+                None => {
+                    let mut chunk = [0u8; 65536];
+                    let n = sock.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        };
+        let MasterMsg::RequestHead(head) = msg else {
+            continue;
+        };
+        let id = head.id;
+        if head.target == "/evil" {
+            match mode.as_str() {
+                "garbage" => raw(&mut sock, &[0, 0, 0, 5, 0x5a, 1, 2, 3, 4]),
+                "oversize" => raw(&mut sock, &[0x7f, 0xff, 0xff, 0xff, 0x02]),
+                "unknown-id" => send(&mut sock, &ok(id + 1000)),
+                "second-head" => {
+                    send(
+                        &mut sock,
+                        &WorkerMsg::ResponseHead(ResponseHead {
+                            id,
+                            status: 200,
+                            headers: vec![],
+                            body: BodyKind::Streamed { length: None },
+                        }),
+                    );
+                    send(&mut sock, &ok(id));
+                }
+                _ => send(&mut sock, &ok(id)),
+            }
+            continue;
+        }
+        send(&mut sock, &ok(id));
+    }
+}
+
+fn ok(id: u64) -> WorkerMsg {
+    WorkerMsg::ResponseHead(ResponseHead {
+        id,
+        status: 200,
+        headers: vec![],
+        body: BodyKind::Inline(Bytes::from(format!("ok {}\n", std::process::id()))),
+    })
+}
+
+fn send(sock: &mut UnixStream, msg: &WorkerMsg) {
+    let mut out = BytesMut::new();
+    encode_worker(msg, &mut out, usize::MAX).expect("encode");
+    raw(sock, &out);
+}
+
+fn raw(sock: &mut UnixStream, bytes: &[u8]) {
+    let _ = sock.write_all(bytes);
+}

@@ -1,0 +1,392 @@
+//! The request path, end to end: HTTP in, through a worker, HTTP out.
+
+mod harness;
+
+use bytes::Bytes;
+use harness::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn hello_through_two_workers_reaches_every_worker() {
+    let f = Ferry::testbed(&["--workers", "2"]);
+    let r = get(f.addr, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "Hello, world!\n");
+    assert_eq!(r.headers["content-type"], "text/plain");
+
+    let mut pids = HashSet::new();
+    for _ in 0..20 {
+        pids.insert(pid_in(&get(f.addr, "/pid").await.text()));
+    }
+    assert_eq!(
+        pids.len(),
+        2,
+        "requests from many connections reach both workers: {pids:?}"
+    );
+    assert_eq!(
+        pids,
+        f.worker_pids().into_iter().collect(),
+        "the pids are the master's children"
+    );
+}
+
+/// A body that identifies its request: a mix-up between requests cannot go unseen.
+fn body_for(n: usize, len: usize) -> Bytes {
+    let seed = (n as u64).wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_requests_over_fifty_connections_no_cross_talk() {
+    let f = Ferry::testbed(&["--workers", "2"]);
+    const MIB: usize = 1 << 20;
+    // Sizes around the frame limit (1 MiB) and well past it, among many small ones.
+    let special = [0, 1, MIB - 1, MIB, MIB + 1, 5 * MIB];
+    let mut tasks = Vec::new();
+    for c in 0..50 {
+        let addr = f.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await;
+            for i in 0..40 {
+                let n = c * 40 + i;
+                let len = if n % 97 == 0 {
+                    special[(n / 97) % special.len()]
+                } else {
+                    (n * 7919) % 20_000
+                };
+                let body = body_for(n, len);
+                let req = Request::post("/echo")
+                    .header("content-type", format!("test/{n}"))
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let r = conn.send(req).await;
+                assert_eq!(r.status, StatusCode::OK, "request {n}");
+                assert_eq!(
+                    r.headers["content-type"],
+                    format!("test/{n}").as_str(),
+                    "request {n}"
+                );
+                assert!(
+                    r.body == body,
+                    "request {n}: body of {len} bytes came back different ({} bytes)",
+                    r.body.len()
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// `left` bytes of 0x5a, produced lazily in 256 KiB frames.
+struct Repeat {
+    chunk: Bytes,
+    left: u64,
+}
+
+impl http_body::Body for Repeat {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64) as usize;
+        self.left -= n as u64;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.chunk.slice(..n)))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_streamed_upload_keeps_master_memory_bounded() {
+    let f = Ferry::testbed(&["--workers", "1", "--max-body-size", "2GiB"]);
+    const TOTAL: u64 = 1 << 30;
+    let stream = tokio::net::TcpStream::connect(f.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // No Content-Length: the upload is chunked, the master streams it under flow control.
+    let body = Repeat {
+        chunk: Bytes::from(vec![0x5au8; 256 * 1024]),
+        left: TOTAL,
+    };
+    let resp = sender
+        .send_request(
+            Request::post("/echo")
+                .header("host", "x")
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Some(d) = frame.unwrap().data_ref() {
+            assert!(d.iter().all(|&b| b == 0x5a));
+            got += d.len() as u64;
+        }
+    }
+    assert_eq!(got, TOTAL, "every byte came back");
+    let peak = peak_rss(f.pid());
+    assert!(
+        peak < 100 << 20,
+        "master peak RSS {} MiB for a 1 GiB body: not bounded",
+        peak >> 20
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let f = Ferry::testbed(&["--workers", "2"]);
+    // The slow one first: responses must still come back in request order.
+    let req = b"GET /sleep?ms=200 HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\nGET /pid HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let out = raw(f.addr, req, "");
+    let slept = out.find("slept 200 ms").expect(&out);
+    let hello = out.find("Hello, world!").expect(&out);
+    assert!(slept < hello, "in order:\n{out}");
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
+}
+
+#[tokio::test]
+async fn duplicate_headers_are_preserved_in_order() {
+    let f = Ferry::testbed(&["--workers", "1"]);
+    let mut c = Conn::open(f.addr).await;
+    let req = Request::get("/headers")
+        .header("x-dup", "first")
+        .header("x-other", "o")
+        .header("x-dup", "second")
+        .body(Full::default())
+        .unwrap();
+    let r = c.send(req).await;
+    let pairs: Vec<(String, String)> = serde_json::from_slice(&r.body).unwrap();
+    let dups: Vec<&str> = pairs
+        .iter()
+        .filter(|(n, _)| n == "x-dup")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(dups, ["first", "second"]);
+    assert!(pairs.iter().any(|(n, v)| n == "x-other" && v == "o"));
+}
+
+#[test]
+fn head_gets_headers_and_no_body() {
+    let f = Ferry::testbed(&["--workers", "1"]);
+    let out = raw(
+        f.addr,
+        b"HEAD / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        "",
+    );
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    assert!(out.contains("content-length: 14"), "{out}");
+    assert!(
+        out.ends_with("\r\n\r\n"),
+        "no body after the head:\n{out:?}"
+    );
+}
+
+#[test]
+fn expect_100_continue() {
+    use std::io::{Read, Write};
+    let f = Ferry::testbed(&["--workers", "1"]);
+    let mut s = std::net::TcpStream::connect(f.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n").unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap();
+    let interim = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    s.write_all(b"hello").unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("200 OK") && rest.ends_with("hello"), "{rest}");
+}
+
+#[test]
+fn body_over_the_limit_gets_413() {
+    let f = Ferry::testbed(&["--workers", "1", "--max-body-size", "1KiB"]);
+    let big = "x".repeat(2000);
+    let req = format!("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2000\r\n\r\n{big}");
+    let out = raw(f.addr, req.as_bytes(), "\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 413"), "declared length: {out}");
+    // Chunked: the limit is only found while streaming.
+    let chunked = format!("POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n7d0\r\n{big}\r\n0\r\n\r\n");
+    let out = raw(f.addr, chunked.as_bytes(), "\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 413"), "chunked: {out}");
+    // Exactly the limit passes.
+    let ok = "y".repeat(1024);
+    let req = format!(
+        "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1024\r\nconnection: close\r\n\r\n{ok}"
+    );
+    let out = raw(f.addr, req.as_bytes(), "");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with(&ok),
+        "{out}"
+    );
+}
+
+#[test]
+fn oversized_headers_get_431_and_garbage_gets_400() {
+    let f = Ferry::testbed(&["--workers", "1", "--max-header-size", "16KiB"]);
+    let huge = "a".repeat(20_000);
+    let out = raw(
+        f.addr,
+        format!("GET / HTTP/1.1\r\nhost: x\r\nx-huge: {huge}\r\n\r\n").as_bytes(),
+        "\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    let out = raw(f.addr, b"THIS IS NOT HTTP\r\n\r\n", "\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // And the server still serves.
+    let out = raw(
+        f.addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        "",
+    );
+    assert!(out.contains("Hello, world!"), "{out}");
+}
+
+#[tokio::test]
+async fn panic_gives_500_and_the_same_worker_serves_on() {
+    let f = Ferry::testbed(&["--workers", "1"]);
+    let before = pid_in(&get(f.addr, "/pid").await.text());
+    let r = get(f.addr, "/panic").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        pid_in(&get(f.addr, "/pid").await.text()),
+        before,
+        "the worker survived its handler's panic"
+    );
+    assert!(
+        f.log.wait_for("handler panicked", WAIT).is_some(),
+        "the panic is logged"
+    );
+}
+
+/// The in-flight counts the testbed reports for `n` concurrent `/sleep`s.
+async fn in_flight_seen(f: &Ferry, n: usize, ms: u32) -> Vec<u32> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let addr = f.addr;
+        tasks.push(tokio::spawn(async move {
+            get(addr, &format!("/sleep?ms={ms}")).await
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        let text = r.text();
+        seen.push(
+            text.split(" with ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_one_never_gives_a_worker_two_requests() {
+    let f = Ferry::testbed(&["--workers", "2", "--concurrency", "1"]);
+    let seen = in_flight_seen(&f, 6, 150).await;
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "a worker had two requests at once: {seen:?}"
+    );
+    // The control: without the limit the same probe does see overlap.
+    let g = Ferry::testbed(&["--workers", "1"]);
+    let seen = in_flight_seen(&g, 4, 300).await;
+    assert!(
+        seen.iter().any(|&n| n > 1),
+        "the probe must be able to see overlap: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_503_with_retry_after() {
+    let f = Ferry::testbed(&["--workers", "1", "--concurrency", "1", "--queue-size", "1"]);
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let addr = f.addr;
+        tasks.push(tokio::spawn(
+            async move { get(addr, "/sleep?ms=500").await },
+        ));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(r.headers["retry-after"], "1");
+        }
+        statuses.push(r.status.as_u16());
+    }
+    statuses.sort_unstable();
+    // One running, one waiting in the queue, one turned away.
+    assert_eq!(statuses, [200, 200, 503]);
+}
+
+/// With one slow request in flight, where do ten fast ones go?
+async fn fast_pids_beside_a_slow_request(balance: &str) -> (u32, Vec<u32>) {
+    let f = Ferry::testbed(&["--workers", "2", "--balance", balance]);
+    let addr = f.addr;
+    let slow = tokio::spawn(async move { get(addr, "/sleep?ms=1500").await });
+    // The worker logs when the slow request starts: then it is surely in flight.
+    assert!(
+        f.log.wait_for("sleeping 1500 ms", WAIT).is_some(),
+        "{}",
+        f.log.text()
+    );
+    let mut fast = Vec::new();
+    let mut conn = Conn::open(f.addr).await;
+    for _ in 0..10 {
+        fast.push(pid_in(&conn.get("/pid").await.text()));
+    }
+    let slow_pid = pid_in(&slow.await.unwrap().text());
+    (slow_pid, fast)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_outstanding_sends_fast_requests_to_the_idle_worker() {
+    let (slow, fast) = fast_pids_beside_a_slow_request("least-outstanding").await;
+    assert!(
+        fast.iter().all(|&p| p != slow),
+        "no fast request waited behind the slow one: slow {slow}, fast {fast:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_alternates_regardless_of_load() {
+    let (slow, fast) = fast_pids_beside_a_slow_request("round-robin").await;
+    let on_busy = fast.iter().filter(|&&p| p == slow).count();
+    assert_eq!(
+        on_busy, 5,
+        "every other request goes to the busy worker: slow {slow}, fast {fast:?}"
+    );
+}
