@@ -541,7 +541,6 @@ async fn send_response<B>(
                 return;
             }
             Some(Err(e)) => {
-                let e: BoxError = e.into();
                 tracing::error!(id, "response body failed: {e}");
                 out.finish(
                     id,
