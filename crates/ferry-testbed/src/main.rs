@@ -7,6 +7,8 @@
 //! (chunked body of N bytes); `/headers` (request headers as JSON pairs);
 //! `/spawn` (starts a `sleep` grandchild in the worker's process group, returns its pid).
 //!
+//! `pid=P` on /sleep, /spin, /crash or /exit restricts it to the worker with pid P.
+//!
 //! `/sleep` logs `sleeping N ms` to stderr when it starts (tests wait for that line
 //! instead of guessing with timers) and reports how many requests this process had
 //! in flight. If `FERRY_TESTBED_FAIL_IF_EXISTS` names a file that exists, the worker
@@ -68,6 +70,9 @@ async fn route(req: Request<Body>) -> Response<Body> {
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
     };
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    // `pid=P` limits /sleep, /spin, /crash and /exit to the worker with pid P (the
+    // others answer at once): tests use it to make exactly one worker misbehave.
+    let for_me = query("pid").is_none_or(|p| p == std::process::id() as u64);
     match (method.as_str(), path.as_str()) {
         ("GET" | "HEAD", "/") => text("Hello, world!\n"),
         ("GET", "/pid") => text(format!("{}\n", std::process::id())),
@@ -80,8 +85,8 @@ async fn route(req: Request<Body>) -> Response<Body> {
             *resp.body_mut() = req.into_body();
             resp
         }
-        ("GET", "/sleep") => {
-            let ms = query("ms").unwrap_or(0);
+        (_, "/sleep") => {
+            let ms = if for_me { query("ms").unwrap_or(0) } else { 0 };
             eprintln!("sleeping {ms} ms");
             tokio::time::sleep(Duration::from_millis(ms)).await;
             text(format!(
@@ -90,16 +95,19 @@ async fn route(req: Request<Body>) -> Response<Body> {
             ))
         }
         ("GET", "/spin") => {
-            let ms = query("ms").unwrap_or(0);
+            let ms = if for_me { query("ms").unwrap_or(0) } else { 0 };
             let until = Instant::now() + Duration::from_millis(ms);
             while Instant::now() < until {
                 std::hint::spin_loop();
             }
             text(format!("spun {ms} ms in {}\n", std::process::id()))
         }
-        ("GET", "/crash") => std::process::abort(),
+        ("GET", "/crash") if for_me => std::process::abort(),
         ("GET", "/panic") => panic!("the /panic route panics on purpose"),
-        ("GET", "/exit") => std::process::exit(query("code").unwrap_or(0) as i32),
+        ("GET", "/exit") if for_me => std::process::exit(query("code").unwrap_or(0) as i32),
+        ("GET", "/crash" | "/exit") => {
+            text(format!("not pid {}, carrying on\n", std::process::id()))
+        }
         ("GET", "/stream") => {
             let mut resp = Response::new(Body::new(Repeat {
                 left: query("bytes").unwrap_or(0),

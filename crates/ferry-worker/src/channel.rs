@@ -28,7 +28,29 @@ pub(crate) fn from_env() -> io::Result<tokio::net::UnixStream> {
     if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
         return Err(io::Error::last_os_error());
     }
+    die_with_group_on_sigterm();
     // tokio requires non-blocking sockets: a blocking one would stall the runtime thread.
     sock.set_nonblocking(true)?;
     tokio::net::UnixStream::from_std(sock)
+}
+
+/// Under ferry, SIGTERM means "stop now" (the master sends it to a stuck worker, and
+/// the kernel sends it when the master dies). Graceful stops come as `Drain` on the
+/// channel, never as signals. So the handler takes the worker's whole process group
+/// down at once, grandchildren included: nothing the worker started outlives it.
+/// It is a plain signal handler, not a task, so it works even while a handler is
+/// blocking the runtime's thread. Installed only when this process leads its own
+/// group, as the master arranges; otherwise it could hit the shell that started us.
+fn die_with_group_on_sigterm() {
+    extern "C" fn on_sigterm(_: libc::c_int) {
+        // kill(2) is async-signal-safe; the group includes this process.
+        unsafe {
+            libc::kill(0, libc::SIGKILL);
+        }
+    }
+    unsafe {
+        if libc::getpgrp() == libc::getpid() {
+            libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
+        }
+    }
 }

@@ -63,7 +63,8 @@ struct Entry {
     /// Response-body bytes the worker may still send before we grant more.
     recv_window: u64,
     send_window: Arc<Semaphore>,
-    cancelled: bool,
+    /// When we sent `Cancel`, if we did: the worker must confirm within the grace period.
+    cancelled: Option<Instant>,
     method: String,
     path: String,
     started: Instant,
@@ -98,6 +99,8 @@ pub struct Channel {
     pub chunk_size: usize,
     /// Requests this worker finished.
     served: std::sync::atomic::AtomicU64,
+    /// When the worker last answered a ping (or finished its handshake).
+    last_pong: Mutex<Instant>,
 }
 
 impl Channel {
@@ -120,6 +123,7 @@ impl Channel {
                 .min(hello.initial_window.max(1) as usize)
                 .min(frame_room.max(1)),
             served: Default::default(),
+            last_pong: Mutex::new(Instant::now()),
         })
     }
 
@@ -147,7 +151,7 @@ impl Channel {
                 body: body_tx,
                 recv_window: 0,
                 send_window: send_window.clone(),
-                cancelled: false,
+                cancelled: None,
                 method: method.to_owned(),
                 path: path.to_owned(),
                 started: Instant::now(),
@@ -167,8 +171,8 @@ impl Channel {
     pub fn cancel(&self, id: u64) {
         let mut t = self.table.lock().unwrap();
         if let Some(e) = t.entries.get_mut(&id) {
-            if !e.cancelled {
-                e.cancelled = true;
+            if e.cancelled.is_none() {
+                e.cancelled = Some(Instant::now());
                 self.send(MasterMsg::Cancel(Cancel { id }));
             }
         }
@@ -213,6 +217,20 @@ impl Channel {
             .values()
             .map(|e| format!("{} {} ({:.1?})", e.method, e.path, e.started.elapsed()))
             .collect()
+    }
+
+    /// How long since the worker last answered a ping.
+    pub fn silent_for(&self) -> std::time::Duration {
+        self.last_pong.lock().unwrap().elapsed()
+    }
+
+    /// A request whose cancellation the worker has not confirmed within `grace`.
+    pub fn overdue_cancel(&self, grace: std::time::Duration) -> Option<String> {
+        let t = self.table.lock().unwrap();
+        t.entries
+            .values()
+            .find(|e| e.cancelled.is_some_and(|at| at.elapsed() > grace))
+            .map(|e| format!("{} {}", e.method, e.path))
     }
 
     pub fn served(&self) -> u64 {
@@ -303,7 +321,10 @@ impl Channel {
                 e.send_window.add_permits(c.bytes as usize);
                 None
             }
-            WorkerMsg::Pong(_) => None,
+            WorkerMsg::Pong(_) => {
+                *self.last_pong.lock().unwrap() = Instant::now();
+                None
+            }
             WorkerMsg::Goodbye(g) => {
                 tracing::info!(
                     worker = self.index,

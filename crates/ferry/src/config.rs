@@ -47,6 +47,44 @@ pub struct Config {
     #[arg(long, env = "FERRY_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub request_timeout: Duration,
 
+    /// After a request times out or its client leaves, how long the worker has to
+    /// confirm the cancellation before it is treated as stuck and killed.
+    #[arg(long, env = "FERRY_CANCEL_GRACE", default_value = "5s", value_parser = duration)]
+    pub cancel_grace: Duration,
+
+    /// How often the master pings each worker on its channel.
+    #[arg(long, env = "FERRY_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+
+    /// A worker that answers no ping for this long is stuck (e.g. a handler blocking
+    /// its only thread): it is sent SIGTERM, then SIGKILL, and replaced.
+    #[arg(long, env = "FERRY_HEARTBEAT_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// How long a worker sent SIGTERM has to exit before SIGKILL.
+    #[arg(long, env = "FERRY_KILL_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub kill_timeout: Duration,
+
+    /// Recycle a worker after it has served this many requests (0: never). Its
+    /// replacement is started and ready before it drains, one worker at a time.
+    #[arg(long, env = "FERRY_MAX_REQUESTS", default_value_t = 0)]
+    pub max_requests: u64,
+
+    /// Each worker draws its own limit in [max-requests, max-requests + jitter], so
+    /// workers started together do not all recycle together.
+    #[arg(long, env = "FERRY_MAX_REQUESTS_JITTER", default_value_t = 0)]
+    pub max_requests_jitter: u64,
+
+    /// Recycle a worker whose resident memory (RSS, read from /proc every few
+    /// seconds) exceeds this (e.g. 512MiB). Off by default.
+    #[arg(long, env = "FERRY_MAX_MEMORY", value_parser = bytes)]
+    pub max_memory: Option<u64>,
+
+    /// On SIGTERM or SIGINT, how long in-flight requests and draining workers get
+    /// to finish before they are killed.
+    #[arg(long, env = "FERRY_GRACEFUL_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub graceful_timeout: Duration,
+
     /// Largest request body accepted; larger ones get 413 (e.g. 10MiB, 512KiB, 1000).
     #[arg(long, env = "FERRY_MAX_BODY_SIZE", default_value = "10MiB", value_parser = bytes)]
     pub max_body_size: u64,

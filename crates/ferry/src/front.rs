@@ -7,19 +7,35 @@
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::master::Ctx;
 
 /// hyper refuses read buffers under 8 KiB.
 const MIN_BUF: usize = 8192;
 
-pub async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
+/// Serves until `shutdown`, then stops accepting and waits for every open
+/// connection to finish its request in progress (idle keep-alive ones close at once).
+pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    let cfg = &ctx.config;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size((cfg.max_header_size as usize).max(MIN_BUF))
+        .max_headers(cfg.max_headers);
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Typically out of file descriptors: back off instead of spinning.
@@ -29,23 +45,18 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
+        let svc_ctx = ctx.clone();
+        let svc = service_fn(move |req| {
+            let ctx = svc_ctx.clone();
+            async move { Ok::<_, Infallible>(crate::proxy::handle(req, peer, ctx).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
-            let cfg = &ctx.config;
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(cfg.header_read_timeout)
-                .max_buf_size((cfg.max_header_size as usize).max(MIN_BUF))
-                .max_headers(cfg.max_headers);
-            let svc_ctx = ctx.clone();
-            let svc = service_fn(move |req| {
-                let ctx = svc_ctx.clone();
-                async move { Ok::<_, Infallible>(crate::proxy::handle(req, peer, ctx).await) }
-            });
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = conn.await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
     }
+    drop(listener);
+    graceful.shutdown().await;
 }

@@ -8,6 +8,7 @@ mod front;
 mod master;
 mod pool;
 mod proxy;
+mod slot;
 mod spawn;
 mod worker;
 

@@ -1,13 +1,22 @@
-//! The master's top level: bind, start the pool's workers, fail loudly if they
-//! cannot start, then serve until told to stop.
+//! The master's top level: bind, start the pool's slots, fail loudly if the first
+//! workers cannot start, then serve until a signal says otherwise.
+//!
+//! Signals: SIGTERM or SIGINT stop gracefully (stop accepting, let in-flight
+//! requests finish, drain the workers, exit 0; all within `--graceful-timeout`).
+//! A second one, or SIGQUIT, stops at once (workers killed, exit 1). SIGHUP replaces
+//! every worker, one at a time, each replacement ready before its predecessor drains.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::pool::Pool;
+use crate::slot::Trigger;
 use crate::spawn::Spawner;
 
 /// What every part of the master shares.
@@ -16,6 +25,34 @@ pub struct Ctx {
     pub command: Arc<Vec<String>>,
     pub pool: Arc<Pool>,
     pub spawner: Spawner,
+    /// Held while a worker is being replaced: one replacement at a time, pool-wide.
+    pub recycle_lock: tokio::sync::Mutex<()>,
+    /// Every worker process alive, for an immediate stop.
+    pids: Mutex<HashSet<u32>>,
+}
+
+impl Ctx {
+    pub fn remember_pid(&self, pid: u32) {
+        self.pids.lock().unwrap().insert(pid);
+    }
+
+    pub fn forget_pid(&self, pid: u32) {
+        self.pids.lock().unwrap().remove(&pid);
+    }
+
+    /// Kills every worker's process group.
+    fn kill_all(&self) {
+        for pid in self.pids.lock().unwrap().drain() {
+            crate::worker::kill_group(pid);
+        }
+    }
+
+    /// The number of requests after which a new worker is recycled: drawn per worker
+    /// from `[max_requests, max_requests + jitter]`, so workers drift apart.
+    pub fn request_limit(&self) -> Option<u64> {
+        let (n, j) = (self.config.max_requests, self.config.max_requests_jitter);
+        (n > 0).then(|| fastrand::u64(n..=n.saturating_add(j)))
+    }
 }
 
 pub async fn run(config: Config) -> ExitCode {
@@ -26,52 +63,134 @@ pub async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let (mut term, mut int, mut quit, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        _ => {
+            eprintln!("ferry: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let workers = config.workers();
     let ctx = Arc::new(Ctx {
         command: Arc::new(config.command.clone()),
         pool: Pool::new(config.balance, config.queue_size, config.queue_timeout),
         spawner: Spawner::start(tokio::runtime::Handle::current()),
+        recycle_lock: tokio::sync::Mutex::new(()),
+        pids: Mutex::new(HashSet::new()),
         config,
     });
 
+    let mut slots = Vec::with_capacity(workers);
     let mut boots = Vec::with_capacity(workers);
     for index in 0..workers {
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(crate::worker::run_slot(ctx.clone(), index, tx));
-        boots.push(rx);
+        let (boot, booted) = oneshot::channel();
+        let (to_slot, triggers) = mpsc::unbounded_channel();
+        tokio::spawn(crate::slot::run_slot(
+            ctx.clone(),
+            index,
+            boot,
+            triggers,
+            to_slot.clone(),
+        ));
+        slots.push(to_slot);
+        boots.push(booted);
     }
-    for boot in boots {
-        match boot.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                eprintln!(
-                    "ferry: worker command `{}` failed to start: {e}",
-                    ctx.command.join(" ")
-                );
-                return ExitCode::FAILURE;
-            }
-            Err(_) => {
-                eprintln!(
-                    "ferry: worker command `{}` failed to start",
-                    ctx.command.join(" ")
-                );
-                return ExitCode::FAILURE;
-            }
-        }
+    for booted in boots {
+        let failure = match booted.await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "its slot ended unexpectedly".into(),
+        };
+        eprintln!(
+            "ferry: worker command `{}` failed to start: {failure}",
+            ctx.command.join(" ")
+        );
+        ctx.kill_all();
+        return ExitCode::FAILURE;
     }
+
     let addr = listener
         .local_addr()
         .map_or_else(|_| ctx.config.listen.to_string(), |a| a.to_string());
+    let shutdown = CancellationToken::new();
+    let front = tokio::spawn(crate::front::serve(listener, ctx.clone(), shutdown.clone()));
     tracing::info!(
         "ferry listening on http://{addr} with {workers} worker(s): {}",
         ctx.command.join(" ")
     );
 
+    let reload = Arc::new(Notify::new());
+    tokio::spawn(reload_loop(reload.clone(), slots.clone()));
+
+    let graceful = loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading every worker, one at a time");
+                // A reload already running is followed by exactly one more.
+                reload.notify_one();
+            }
+            _ = term.recv() => break true,
+            _ = int.recv() => break true,
+            _ = quit.recv() => break false,
+        }
+    };
+    if !graceful {
+        tracing::warn!("SIGQUIT: stopping now; killing every worker");
+        ctx.kill_all();
+        return ExitCode::FAILURE;
+    }
+
+    let limit = ctx.config.graceful_timeout;
+    tracing::info!(
+        "stopping gracefully: accepting no new connections; in-flight requests have {limit:?}"
+    );
+    shutdown.cancel();
+    let stop_everything = async {
+        let _ = front.await;
+        let mut acks = Vec::new();
+        for slot in &slots {
+            let (ack, acked) = oneshot::channel();
+            if slot.send(Trigger::Stop(ack)).is_ok() {
+                acks.push(acked);
+            }
+        }
+        for acked in acks {
+            let _ = acked.await;
+        }
+    };
     tokio::select! {
-        _ = crate::front::accept_loop(listener, ctx.clone()) => ExitCode::FAILURE,
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted; stopping");
+        _ = stop_everything => {
+            tracing::info!("stopped gracefully");
             ExitCode::SUCCESS
         }
+        _ = tokio::time::sleep(limit) => {
+            tracing::warn!("graceful stop took longer than {limit:?}; killing every worker");
+            ctx.kill_all();
+            ExitCode::FAILURE
+        }
+        _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {}, _ = quit.recv() => {} } } => {
+            tracing::warn!("second signal: stopping now; killing every worker");
+            ctx.kill_all();
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Replaces the workers of every slot in turn, each time it is notified.
+async fn reload_loop(reload: Arc<Notify>, slots: Vec<mpsc::UnboundedSender<Trigger>>) {
+    loop {
+        reload.notified().await;
+        for slot in &slots {
+            let (ack, acked) = oneshot::channel();
+            if slot.send(Trigger::Reload(ack)).is_ok() {
+                let _ = acked.await;
+            }
+        }
+        tracing::info!("reload complete");
     }
 }

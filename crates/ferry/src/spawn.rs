@@ -133,7 +133,9 @@ fn fork_one(command: &[String], index: usize) -> io::Result<(Child, OwnedFd)> {
             } else if libc::dup2(child_fd, CHANNEL_FD) == -1 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+            // SIGTERM, not SIGKILL: a worker gets the chance to take its own process
+            // group down with it (the SDK does), so no grandchild outlives the master.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
                 return Err(io::Error::last_os_error());
             }
             // The master may have died before prctl took effect.

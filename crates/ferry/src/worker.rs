@@ -1,10 +1,12 @@
-//! One pool slot's life: start a worker, complete its handshake, put it in the pool,
-//! route its frames until it exits or breaks the protocol, then clean up and start
-//! its replacement.
+//! One worker process's life: start it and complete its handshake ([`start`]), then
+//! watch it on its own task ([`launch`]): route its frames, ping it, notice when it is
+//! stuck, overdue on a cancellation, due for recycling, or told to drain.
 //!
-//! A slot's worker ends in exactly one place, [`run_slot`]: whatever ended it (EOF,
-//! exit, violation), the worker leaves the pool first, then its in-flight requests
-//! fail (502, or a retry elsewhere), then its whole process group is killed.
+//! A worker ends in exactly one place, the end of `supervise`: whatever ended it
+//! (exit, EOF, violation, stuck, drain), it leaves the pool first, then its in-flight
+//! requests fail (502, or a retry elsewhere), then its whole process group is killed
+//! and reaped, and one log line says why, with its pid, uptime and requests served.
+//! Whether and when it is replaced is the slot's business (`slot.rs`).
 
 use ferry_protocol::codec::MasterCodec;
 use ferry_protocol::*;
@@ -20,6 +22,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::channel::{self, Channel};
 use crate::master::Ctx;
+use crate::slot::Trigger;
 use crate::spawn::Spawned;
 
 /// Why a worker could not be started.
@@ -43,37 +46,15 @@ impl fmt::Display for StartError {
 }
 
 /// A worker past its handshake.
-struct Live {
+pub struct Live {
     channel: Arc<Channel>,
     child: Child,
     reader: FramedRead<OwnedReadHalf, MasterCodec>,
     limit: usize,
 }
 
-/// Runs slot `index` forever. `boot` receives the outcome of the first start; if
-/// that start fails the slot gives up (a broken deploy must fail loudly).
-pub async fn run_slot(ctx: Arc<Ctx>, index: usize, boot: oneshot::Sender<Result<(), StartError>>) {
-    let mut boot = Some(boot);
-    loop {
-        match start(&ctx, index).await {
-            Ok(live) => {
-                if let Some(b) = boot.take() {
-                    let _ = b.send(Ok(()));
-                }
-                serve(&ctx, index, live).await;
-            }
-            Err(e) => match boot.take() {
-                Some(b) => {
-                    let _ = b.send(Err(e));
-                    return;
-                }
-                None => tracing::error!(worker = index, "replacement worker failed to start: {e}"),
-            },
-        }
-    }
-}
-
-async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
+/// Starts a worker for slot `index` and completes its handshake.
+pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
     let cfg = &ctx.config;
     let fail = |cause: String| StartError {
         cause,
@@ -90,6 +71,7 @@ async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
         .spawn(ctx.command.clone(), index)
         .await
         .map_err(|e| fail(format!("cannot run it: {e}")))?;
+    ctx.remember_pid(pid);
     let (read, write) = channel.into_split();
     let max_frame = cfg.max_frame_size as usize;
     let mut reader = FramedRead::new(read, MasterCodec::new(max_frame));
@@ -126,6 +108,7 @@ async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
         Err(cause) => {
             kill_group(pid);
             let _ = child.wait().await;
+            ctx.forget_pid(pid);
             // Give its output a moment to drain, so the message can quote it.
             let _ = tokio::time::timeout(Duration::from_millis(500), output_done).await;
             let tail = stderr_tail.lock().unwrap().iter().cloned().collect();
@@ -145,6 +128,7 @@ async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
     if let Err(e) = writer.send(MasterMsg::Welcome(welcome.clone())).await {
         kill_group(pid);
         let _ = child.wait().await;
+        ctx.forget_pid(pid);
         return Err(fail(format!(
             "the channel failed during the handshake: {e}"
         )));
@@ -163,23 +147,74 @@ async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
     })
 }
 
+/// What a running worker can be told.
+pub enum Control {
+    /// Leave the pool, finish in-flight requests (up to `--graceful-timeout`), exit.
+    Drain,
+}
+
+/// A worker the supervisor is watching.
+pub struct Instance {
+    pub pid: u32,
+    pub control: mpsc::UnboundedSender<Control>,
+    /// Resolves with how long the worker lived, once it is gone and reaped.
+    pub done: oneshot::Receiver<Duration>,
+}
+
+/// Puts a started worker in the pool and watches it on its own task.
+/// `recycle` is how the worker asks its slot to replace it (max requests, memory).
+pub fn launch(
+    ctx: Arc<Ctx>,
+    index: usize,
+    live: Live,
+    recycle: mpsc::UnboundedSender<Trigger>,
+) -> Instance {
+    let pid = live.channel.pid;
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let (done_tx, done) = oneshot::channel();
+    ctx.pool.add(live.channel.clone(), live.limit);
+    tokio::spawn(async move {
+        let uptime = supervise(&ctx, index, live, control_rx, recycle).await;
+        let _ = done_tx.send(uptime);
+    });
+    Instance { pid, control, done }
+}
+
 /// What ended a worker.
 enum End {
     Exited(ExitStatus),
     ChannelClosed,
     Violation(String),
+    Stuck(String),
+    DrainTimeout,
 }
 
-async fn serve(ctx: &Ctx, index: usize, live: Live) {
+/// Resident memory is read this often when `--max-memory` is set.
+const MEMORY_CHECK: Duration = Duration::from_secs(3);
+
+async fn supervise(
+    ctx: &Ctx,
+    index: usize,
+    live: Live,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    recycle: mpsc::UnboundedSender<Trigger>,
+) -> Duration {
+    let cfg = &ctx.config;
     let Live {
         channel,
         mut child,
         mut reader,
-        limit,
+        ..
     } = live;
-    let started = Instant::now();
     let pid = channel.pid;
-    ctx.pool.add(channel.clone(), limit);
+    let started = Instant::now();
+    let request_limit = ctx.request_limit();
+    let mut tick = tokio::time::interval(cfg.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut nonce = 0u64;
+    let mut asked_to_recycle = false;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut next_memory_check = started + MEMORY_CHECK;
 
     let end = loop {
         tokio::select! {
@@ -196,48 +231,148 @@ async fn serve(ctx: &Ctx, index: usize, live: Live) {
                 Ok(s) => break End::Exited(s),
                 Err(_) => break End::ChannelClosed,
             },
+            Some(Control::Drain) = control.recv(), if drain_deadline.is_none() => {
+                ctx.pool.remove(&channel);
+                channel.send(MasterMsg::Drain);
+                drain_deadline = Some(Instant::now() + cfg.graceful_timeout);
+                tracing::info!(worker = index, pid, in_flight = channel.describe_in_flight().len(), "draining worker");
+            }
+            _ = tick.tick() => {
+                if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                    break End::DrainTimeout;
+                }
+                let silent = channel.silent_for();
+                if silent > cfg.heartbeat_timeout {
+                    break End::Stuck(format!("it answered no heartbeat for {silent:.1?}"));
+                }
+                if let Some(what) = channel.overdue_cancel(cfg.cancel_grace) {
+                    break End::Stuck(format!("it did not confirm the cancellation of {what} within {:?}", cfg.cancel_grace));
+                }
+                nonce += 1;
+                channel.send(MasterMsg::Ping(Ping { nonce }));
+                if asked_to_recycle || drain_deadline.is_some() {
+                    continue;
+                }
+                let why = if request_limit.is_some_and(|n| channel.served() >= n) {
+                    Some(format!("it served {} requests", channel.served()))
+                } else if cfg.max_memory.is_some() && Instant::now() >= next_memory_check {
+                    next_memory_check = Instant::now() + MEMORY_CHECK;
+                    match (rss_of(pid), cfg.max_memory) {
+                        (Some(rss), Some(max)) if rss > max => Some(format!("its RSS of {} MiB exceeds --max-memory", rss >> 20)),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    asked_to_recycle = true;
+                    let _ = recycle.send(Trigger::Recycle { pid, why });
+                }
+            }
         }
     };
 
+    // One way out, whatever ended it: out of the pool, requests failed (or retried
+    // elsewhere), the whole process group killed, the process reaped, one log line.
     ctx.pool.remove(&channel);
     let held = channel.describe_in_flight();
     channel.fail_all();
+    if let End::Stuck(why) = &end {
+        tracing::error!(
+            worker = index,
+            pid,
+            "worker is stuck: {why}; it held {} request(s) {held:?}; sending SIGTERM",
+            held.len()
+        );
+        signal_group(pid, libc::SIGTERM);
+        if tokio::time::timeout(cfg.kill_timeout, child.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                worker = index,
+                pid,
+                "worker ignored SIGTERM for {:?}; sending SIGKILL",
+                cfg.kill_timeout
+            );
+        }
+    }
     kill_group(pid);
     let status = match &end {
         End::Exited(s) => Some(*s),
         _ => child.wait().await.ok(),
     };
+    ctx.forget_pid(pid);
     let status = status.map_or_else(
         || "unknown status".to_string(),
         |s| exit_error(s).to_string(),
     );
     let uptime = started.elapsed();
+    let served = channel.served();
     match end {
         End::Violation(v) => tracing::error!(
             worker = index,
             pid,
             ?uptime,
-            served = channel.served(),
+            served,
             "worker killed for a protocol violation: {v}; it held {} request(s) {held:?}; {status}",
             held.len()
+        ),
+        End::DrainTimeout => tracing::warn!(
+            worker = index,
+            pid,
+            ?uptime,
+            served,
+            "worker killed: still busy {:?} after Drain; it held {} request(s) {held:?}",
+            cfg.graceful_timeout,
+            held.len()
+        ),
+        _ if drain_deadline.is_some() => tracing::info!(
+            worker = index,
+            pid,
+            ?uptime,
+            served,
+            "worker drained: {status}"
         ),
         _ => tracing::warn!(
             worker = index,
             pid,
             ?uptime,
-            served = channel.served(),
+            served,
             "worker exited: {status}; it held {} request(s) {held:?}",
             held.len()
         ),
     }
+    uptime
+}
+
+/// Resident set size of `pid`, in bytes.
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// Kills a worker's whole process group, so nothing it started outlives it.
 pub fn kill_group(pid: u32) {
+    signal_group(pid, libc::SIGKILL);
+}
+
+fn signal_group(pid: u32, signal: libc::c_int) {
     if pid > 0 {
         // The group id is the worker's pid (it was made a group leader at spawn).
         unsafe {
-            libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+            libc::kill(-(pid as libc::pid_t), signal);
         }
     }
 }
@@ -269,5 +404,15 @@ fn kind(m: &WorkerMsg) -> &'static str {
         WorkerMsg::Failed(_) => "RequestFailed",
         WorkerMsg::Pong(_) => "Pong",
         WorkerMsg::Goodbye(_) => "Goodbye",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t    1536 kB\nThreads: 1\n";
+        assert_eq!(super::parse_vm_rss(status), Some(1536 * 1024));
+        assert_eq!(super::parse_vm_rss("Name: x\n"), None);
     }
 }

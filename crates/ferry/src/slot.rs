@@ -1,0 +1,205 @@
+//! One pool slot's life: keep a worker running in it, restart it with backoff
+//! when it dies, and replace it without a gap when it is recycled or reloaded.
+//!
+//! Restart policy: a worker that lived at least [`STABLE`] is replaced at once; one
+//! that died young (or could not start) is retried after a delay doubling from
+//! 100 ms to 30 s, reset once a worker lives a minute. A broken deploy so costs a
+//! few attempts a minute, not a fork storm, and the slot recovers by itself.
+//!
+//! Replacement (recycling, SIGHUP): the new worker is started and ready, and in the
+//! pool, before the old one is told to drain; the slot holds the master-wide
+//! recycle lock until the old one is gone, so at most one worker is ever being
+//! replaced and capacity never dips.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::master::Ctx;
+use crate::worker::{self, Control, Instance, StartError};
+
+/// A worker that lived this long is not "dying young": its replacement starts at once.
+pub const STABLE: Duration = Duration::from_secs(60);
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// What a slot can be asked to do.
+pub enum Trigger {
+    /// The worker `pid` asks to be replaced (a trigger from a worker already
+    /// replaced is ignored).
+    Recycle { pid: u32, why: String },
+    /// Replace the worker with a fresh one (SIGHUP); acknowledged when the old one is gone.
+    Reload(oneshot::Sender<()>),
+    /// Drain the worker and stop for good (shutdown); acknowledged when it is gone.
+    Stop(oneshot::Sender<()>),
+}
+
+/// The next restart delay.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: FIRST_DELAY }
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(MAX_DELAY);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.next = FIRST_DELAY;
+    }
+}
+
+/// Runs slot `index` until it is stopped. `boot` receives the outcome of the first
+/// start; if that fails the slot gives up, since a broken deploy must fail loudly.
+pub async fn run_slot(
+    ctx: Arc<Ctx>,
+    index: usize,
+    boot: oneshot::Sender<Result<(), StartError>>,
+    mut triggers: mpsc::UnboundedReceiver<Trigger>,
+    to_self: mpsc::UnboundedSender<Trigger>,
+) {
+    let mut boot = Some(boot);
+    let mut backoff = Backoff::new();
+    let mut current: Option<Instance> = None;
+    loop {
+        let Some(inst) = current.as_mut() else {
+            match worker::start(&ctx, index).await {
+                Ok(live) => {
+                    if let Some(b) = boot.take() {
+                        let _ = b.send(Ok(()));
+                    }
+                    current = Some(worker::launch(ctx.clone(), index, live, to_self.clone()));
+                }
+                Err(e) => {
+                    if let Some(b) = boot.take() {
+                        let _ = b.send(Err(e));
+                        return;
+                    }
+                    let delay = backoff.next();
+                    tracing::error!(
+                        worker = index,
+                        "worker failed to start (next attempt in {delay:?}): {e}"
+                    );
+                    if wait_or_stop(delay, &mut triggers).await {
+                        return;
+                    }
+                }
+            }
+            continue;
+        };
+        tokio::select! {
+            uptime = &mut inst.done => {
+                current = None;
+                let uptime = uptime.unwrap_or_default();
+                if uptime >= STABLE {
+                    backoff.reset();
+                } else {
+                    let delay = backoff.next();
+                    tracing::warn!(worker = index, "worker lived only {uptime:.1?}; restarting in {delay:?}");
+                    if wait_or_stop(delay, &mut triggers).await {
+                        return;
+                    }
+                }
+            }
+            Some(trigger) = triggers.recv() => match trigger {
+                Trigger::Recycle { pid, why } if pid == inst.pid => {
+                    replace(&ctx, index, &mut current, &to_self, &format!("recycling worker: {why}")).await;
+                }
+                Trigger::Recycle { .. } => {}
+                Trigger::Reload(ack) => {
+                    replace(&ctx, index, &mut current, &to_self, "reloading worker").await;
+                    let _ = ack.send(());
+                }
+                Trigger::Stop(ack) => {
+                    let _ = inst.control.send(Control::Drain);
+                    let _ = (&mut inst.done).await;
+                    let _ = ack.send(());
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Starts a replacement, puts it in service, then drains the old worker and waits
+/// for it to go, all under the master-wide recycle lock.
+async fn replace(
+    ctx: &Arc<Ctx>,
+    index: usize,
+    current: &mut Option<Instance>,
+    to_self: &mpsc::UnboundedSender<Trigger>,
+    why: &str,
+) {
+    let _one_at_a_time = ctx.recycle_lock.lock().await;
+    tracing::info!(
+        worker = index,
+        pid = current.as_ref().map(|i| i.pid),
+        "{why}"
+    );
+    let new = match worker::start(ctx, index).await {
+        Ok(live) => worker::launch(ctx.clone(), index, live, to_self.clone()),
+        Err(e) => {
+            // Keep the old worker serving: a bad deploy must not empty the pool.
+            tracing::error!(
+                worker = index,
+                "replacement worker failed to start: {e}; keeping the current one"
+            );
+            return;
+        }
+    };
+    let new_pid = new.pid;
+    if let Some(mut old) = current.replace(new) {
+        let _ = old.control.send(Control::Drain);
+        let _ = (&mut old.done).await;
+        tracing::info!(
+            worker = index,
+            old = old.pid,
+            new = new_pid,
+            "worker replaced"
+        );
+    }
+}
+
+/// Sleeps `delay`, answering triggers meanwhile; true if told to stop.
+async fn wait_or_stop(delay: Duration, triggers: &mut mpsc::UnboundedReceiver<Trigger>) -> bool {
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return false,
+            t = triggers.recv() => match t {
+                Some(Trigger::Stop(ack)) => {
+                    let _ = ack.send(());
+                    return true;
+                }
+                // Nothing is running to reload; the restart that follows is one.
+                Some(Trigger::Reload(ack)) => {
+                    let _ = ack.send(());
+                }
+                Some(Trigger::Recycle { .. }) => {}
+                None => return true,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets() {
+        let mut b = Backoff::new();
+        let seen: Vec<u64> = (0..12).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(&seen[..6], [100, 200, 400, 800, 1600, 3200]);
+        assert_eq!(*seen.last().unwrap(), 30_000);
+        b.reset();
+        assert_eq!(b.next(), FIRST_DELAY);
+    }
+}

@@ -1,0 +1,569 @@
+//! Supervision, end to end: crashes, hangs, timeouts, protocol violations, restart
+//! backoff, orphans, recycling, graceful stop and rolling reload.
+
+mod harness;
+
+use bytes::Bytes;
+use harness::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn sole_worker(f: &Ferry) -> u32 {
+    let pids = f.worker_pids();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    pids[0]
+}
+
+async fn post(addr: std::net::SocketAddr, path: &str) -> Resp {
+    Conn::open(addr)
+        .await
+        .send(Request::post(path).body(Full::new(Bytes::new())).unwrap())
+        .await
+}
+
+/// Puts 5 GETs and 5 POSTs in flight on the only worker (they sleep there, and only
+/// there), runs `kill` on it, and checks what the ten clients get.
+async fn ten_in_flight_then(kill: impl FnOnce(&Ferry, u32)) {
+    let f = Ferry::testbed(&["--workers", "1"]);
+    let victim = sole_worker(&f);
+    let path = format!("/sleep?ms=60000&pid={victim}");
+    let mut gets = Vec::new();
+    let mut posts = Vec::new();
+    for _ in 0..5 {
+        let (addr, p) = (f.addr, path.clone());
+        gets.push(tokio::spawn(async move { get(addr, &p).await }));
+        let (addr, p) = (f.addr, path.clone());
+        posts.push(tokio::spawn(async move { post(addr, &p).await }));
+    }
+    assert!(
+        f.log.wait_for_nth("sleeping 60000 ms", 10, WAIT).is_some(),
+        "{}",
+        f.log.text()
+    );
+    let t0 = Instant::now();
+    kill(&f, victim);
+    for g in gets {
+        let r = g.await.unwrap();
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "a GET is retried on the replacement: {}",
+            r.text()
+        );
+        assert_ne!(pid_in(&r.text()), victim);
+    }
+    for p in posts {
+        assert_eq!(
+            p.await.unwrap().status,
+            StatusCode::BAD_GATEWAY,
+            "a POST is not retried"
+        );
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "all ten answered within 1 s, took {:?}",
+        t0.elapsed()
+    );
+    // Back to one worker, serving.
+    assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
+    assert_eq!(f.worker_pids().len(), 1);
+    assert!(!alive(victim));
+    assert!(f.log.wait_for("worker exited", WAIT).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_worker_holding_ten_requests() {
+    ten_in_flight_then(|_, pid| unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_route_behaves_like_kill_9() {
+    ten_in_flight_then(|f, pid| {
+        let addr = f.addr;
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            // The /crash GET itself is retried on the replacement, which is not `pid`.
+            let r = rt.block_on(get(addr, &format!("/crash?pid={pid}")));
+            assert_eq!(r.status, StatusCode::OK);
+        });
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_route_behaves_like_kill_9() {
+    ten_in_flight_then(|f, pid| {
+        let addr = f.addr;
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(get(addr, &format!("/exit?code=3&pid={pid}")));
+        });
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn crash_without_retry_gives_502_at_once() {
+    let f = Ferry::testbed(&["--workers", "2", "--retry-idempotent", "false"]);
+    let t0 = Instant::now();
+    assert_eq!(get(f.addr, "/crash").await.status, StatusCode::BAD_GATEWAY);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert!(
+        f.log.wait_for("killed by signal 6", WAIT).is_some(),
+        "exit logged with the signal: {}",
+        f.log.text()
+    );
+}
+
+#[tokio::test]
+async fn request_timeout_gives_504_near_the_timeout_and_frees_the_slot() {
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--concurrency",
+        "1",
+        "--request-timeout",
+        "500ms",
+    ]);
+    let t0 = Instant::now();
+    let r = get(f.addr, "/sleep?ms=5000").await;
+    let took = t0.elapsed();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(2500),
+        "504 after {took:?}"
+    );
+    // The worker confirmed the cancel, so its only slot is free again at once.
+    let t1 = Instant::now();
+    assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
+    assert!(t1.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        f.log.count("worker exited"),
+        0,
+        "a cancelled request does not cost the worker"
+    );
+}
+
+#[tokio::test]
+async fn spinning_worker_is_killed_and_replaced() {
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--retry-idempotent",
+        "false",
+        "--heartbeat-interval",
+        "100ms",
+        "--heartbeat-timeout",
+        "1s",
+        "--kill-timeout",
+        "1s",
+    ]);
+    let victim = sole_worker(&f);
+    let r = get(f.addr, "/spin?ms=60000").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let line = f
+        .log
+        .wait_for("worker is stuck", WAIT)
+        .expect("stuck log line");
+    assert!(
+        line.contains(&victim.to_string())
+            && line.contains("answered no heartbeat")
+            && line.contains("GET /spin"),
+        "{line}"
+    );
+    let r = get(f.addr, "/pid").await;
+    assert_ne!(pid_in(&r.text()), victim, "replaced");
+    assert!(!alive(victim));
+}
+
+#[tokio::test]
+async fn worker_that_never_confirms_a_cancel_is_treated_as_stuck() {
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--request-timeout",
+        "300ms",
+        "--cancel-grace",
+        "500ms",
+        "--heartbeat-interval",
+        "100ms",
+        "--heartbeat-timeout",
+        "60s",
+        "--kill-timeout",
+        "1s",
+    ]);
+    let victim = sole_worker(&f);
+    assert_eq!(
+        get(f.addr, "/spin?ms=60000").await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    let line = f
+        .log
+        .wait_for("worker is stuck", WAIT)
+        .expect("stuck log line");
+    assert!(
+        line.contains("did not confirm the cancellation of GET /spin"),
+        "{line}"
+    );
+    assert_ne!(pid_in(&get(f.addr, "/pid").await.text()), victim);
+}
+
+/// What the client of the request that provoked the violation sees.
+enum Client {
+    /// A 502: the worker broke the protocol before any response went out.
+    BadGateway,
+    /// A cut connection: the response had already started.
+    Cut,
+}
+
+async fn violation(mode: &str, expect: &str, client: Client) {
+    let f = Ferry::builder(&["--workers", "2"], &[&misbehave(), mode]).start();
+    let before = f.worker_pids();
+    let r = Conn::open(f.addr)
+        .await
+        .try_send(
+            Request::post("/evil")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    match client {
+        Client::BadGateway => assert_eq!(
+            r.expect("a response").status,
+            StatusCode::BAD_GATEWAY,
+            "{mode}"
+        ),
+        Client::Cut => assert!(
+            r.is_err(),
+            "{mode}: the started response must be cut, not completed"
+        ),
+    }
+    let line = f
+        .log
+        .wait_for("protocol violation", WAIT)
+        .unwrap_or_else(|| panic!("{mode}: {}", f.log.text()));
+    assert!(line.contains(expect), "{mode}: {line}");
+    // The other worker was untouched, and the pool is whole again.
+    assert!(f.log.wait_for_nth("worker started", 3, WAIT).is_some());
+    for _ in 0..4 {
+        assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
+    }
+    let after = f.worker_pids();
+    assert_eq!(after.len(), 2);
+    assert_eq!(
+        before.iter().filter(|p| after.contains(p)).count(),
+        1,
+        "exactly one worker replaced"
+    );
+    assert!(!f.log.text().contains("panicked"));
+}
+
+#[tokio::test]
+async fn garbage_frame_kills_only_that_worker() {
+    violation("garbage", "unknown message type 0x5a", Client::BadGateway).await;
+}
+
+#[tokio::test]
+async fn oversized_frame_kills_only_that_worker() {
+    violation(
+        "oversize",
+        "exceeds the 1048576-byte limit",
+        Client::BadGateway,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn response_for_an_unknown_id_kills_only_that_worker() {
+    violation("unknown-id", "which is not in flight", Client::BadGateway).await;
+}
+
+#[tokio::test]
+async fn second_response_head_kills_only_that_worker() {
+    violation("second-head", "a second ResponseHead", Client::Cut).await;
+}
+
+/// Seconds since midnight of a log line's RFC 3339 timestamp.
+fn stamp(line: &str) -> f64 {
+    let t = line.split('T').nth(1).unwrap();
+    let hms: Vec<f64> = t[..t.find('Z').unwrap()]
+        .split(':')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
+}
+
+#[tokio::test]
+async fn failing_replacements_back_off_and_recover_by_themselves() {
+    let dir = std::env::temp_dir().join(format!("ferry-backoff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("fail");
+    let _ = std::fs::remove_file(&marker);
+    let f = Ferry::builder(
+        &["--workers", "1", "--queue-timeout", "300ms"],
+        &[&testbed()],
+    )
+    .env("FERRY_TESTBED_FAIL_IF_EXISTS", marker.to_str().unwrap())
+    .start();
+    std::fs::write(&marker, b"").unwrap();
+    let victim = sole_worker(&f);
+    unsafe {
+        libc::kill(victim as i32, libc::SIGKILL);
+    }
+    // The crashed worker was young: its restart waits 100 ms; then each failed start
+    // doubles the delay.
+    let crash = f
+        .log
+        .wait_for("restarting in 100ms", WAIT)
+        .expect("the crash's restart delay");
+    let lines: Vec<String> = (1..=3)
+        .map(|n| {
+            f.log
+                .wait_for_nth("failed to start", n, WAIT)
+                .expect("attempt")
+        })
+        .collect();
+    for (line, delay) in lines.iter().zip(["200ms", "400ms", "800ms"]) {
+        assert!(
+            line.contains(&format!("(next attempt in {delay})")),
+            "{line}"
+        );
+    }
+    let stamps: Vec<f64> = std::iter::once(&crash)
+        .chain(&lines)
+        .map(|l| stamp(l))
+        .collect();
+    let gaps: Vec<f64> = stamps.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[0] >= 0.09 && gaps[1] >= 0.19 && gaps[2] >= 0.39,
+        "the log timestamps show the backoff: {gaps:?}"
+    );
+    // No worker: the queue times out into 503, and ferry stays up.
+    let r = get(f.addr, "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers["retry-after"], "1");
+    // Fixed: the next attempt succeeds without anyone's help.
+    std::fs::remove_file(&marker).unwrap();
+    assert!(
+        f.log
+            .wait_for_nth("worker started", 2, Duration::from_secs(20))
+            .is_some(),
+        "{}",
+        f.log.text()
+    );
+    assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn wait_dead(pid: u32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    !alive(pid)
+}
+
+#[tokio::test]
+async fn killing_a_worker_leaves_none_of_its_process_group() {
+    let f = Ferry::testbed(&["--workers", "1"]);
+    let worker = sole_worker(&f);
+    let grandchild: u32 = get(f.addr, "/spawn").await.text().trim().parse().unwrap();
+    assert!(alive(grandchild));
+    unsafe {
+        libc::kill(worker as i32, libc::SIGKILL);
+    }
+    assert!(
+        wait_dead(grandchild, Duration::from_secs(1)),
+        "the grandchild outlived its worker"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_of_the_master_leaves_no_child_or_grandchild() {
+    let mut f = Ferry::testbed(&["--workers", "2"]);
+    let workers = f.worker_pids();
+    let mut grandchildren = Vec::new();
+    for _ in 0..4 {
+        grandchildren.push(
+            get(f.addr, "/spawn")
+                .await
+                .text()
+                .trim()
+                .parse::<u32>()
+                .unwrap(),
+        );
+    }
+    f.signal(libc::SIGKILL);
+    f.wait_exit(WAIT).expect("master gone");
+    for pid in workers.iter().chain(&grandchildren) {
+        assert!(
+            wait_dead(*pid, Duration::from_secs(1)),
+            "process {pid} outlived the master"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_recycles_one_at_a_time_without_failures() {
+    let f = Ferry::testbed(&[
+        "--workers",
+        "2",
+        "--max-requests",
+        "50",
+        "--max-requests-jitter",
+        "10",
+        "--heartbeat-interval",
+        "50ms",
+    ]);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let addr = f.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await;
+            let mut bad = Vec::new();
+            for _ in 0..250 {
+                let r = conn.get("/").await;
+                if r.status != StatusCode::OK {
+                    bad.push(r.status);
+                }
+            }
+            bad
+        }));
+    }
+    for t in tasks {
+        let bad = t.await.unwrap();
+        assert!(bad.is_empty(), "failed requests during recycling: {bad:?}");
+    }
+    let log = f.log.text();
+    let recycled = f.log.count("worker replaced");
+    assert!(
+        recycled >= 10,
+        "2000 requests at most 60 per worker must recycle many times, saw {recycled}:\n{log}"
+    );
+    // One at a time: every "recycling" is followed by its "worker replaced" before the next.
+    let mut open = 0;
+    for line in log.lines() {
+        if line.contains("recycling worker") {
+            open += 1;
+            assert!(open <= 1, "two workers recycling at once:\n{log}");
+        }
+        if line.contains("worker replaced") {
+            open -= 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_hundred_slow_requests_finish_then_exits_0() {
+    let mut f = Ferry::testbed(&["--workers", "2"]);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let addr = f.addr;
+        tasks.push(tokio::spawn(
+            async move { get(addr, "/sleep?ms=1000").await },
+        ));
+    }
+    assert!(
+        f.log.wait_for_nth("sleeping 1000 ms", 100, WAIT).is_some(),
+        "all 100 in flight"
+    );
+    f.signal(libc::SIGTERM);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    }
+    let status = f
+        .wait_exit(WAIT)
+        .expect("ferry exits after a graceful stop");
+    assert!(status.success(), "{status:?}\n{}", f.log.text());
+    assert!(f.log.text().contains("stopped gracefully"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigquit_stops_at_once_with_non_zero() {
+    let mut f = Ferry::testbed(&["--workers", "1"]);
+    let worker = sole_worker(&f);
+    let addr = f.addr;
+    let slow = tokio::spawn(async move {
+        Conn::open(addr)
+            .await
+            .try_send(
+                Request::get("/sleep?ms=60000")
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+    });
+    assert!(f.log.wait_for("sleeping 60000 ms", WAIT).is_some());
+    f.signal(libc::SIGQUIT);
+    let status = f.wait_exit(WAIT).expect("exits at once");
+    assert!(!status.success());
+    assert!(wait_dead(worker, Duration::from_secs(1)));
+    assert!(
+        slow.await.unwrap().is_err(),
+        "the in-flight request was cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sighup_reloads_under_load_fail_nothing() {
+    let f = Ferry::testbed(&["--workers", "2"]);
+    let first = f.worker_pids();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..6 {
+        let (addr, stop) = (f.addr, stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await;
+            let (mut ok, mut bad) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = conn.get("/").await;
+                if r.status == StatusCode::OK {
+                    ok += 1
+                } else {
+                    bad.push(r.status)
+                }
+            }
+            (ok, bad)
+        }));
+    }
+    for n in 1..=20 {
+        f.signal(libc::SIGHUP);
+        assert!(
+            f.log
+                .wait_for_nth("reload complete", n, Duration::from_secs(30))
+                .is_some(),
+            "reload {n}:\n{}",
+            f.log.text()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in load {
+        let (ok, bad) = t.await.unwrap();
+        assert!(bad.is_empty(), "failed requests during reloads: {bad:?}");
+        total += ok;
+    }
+    assert!(total > 100, "the load really ran ({total} requests)");
+    let now = f.worker_pids();
+    assert_eq!(now.len(), 2);
+    assert!(
+        now.iter().all(|p| !first.contains(p)),
+        "every worker was replaced"
+    );
+    assert_eq!(f.log.count("worker replaced"), 40);
+}
