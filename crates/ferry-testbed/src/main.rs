@@ -1,6 +1,9 @@
 //! `ferry-testbed`: a worker whose routes exercise every behaviour of Ferry, for
 //! tests, benchmarks and demos. Run it as `ferry -- ferry-testbed`.
 //!
+//! `ferry-testbed --direct ADDR [--threads N]` serves the same routes straight over
+//! HTTP, without ferry (the benchmark's ceiling).
+//!
 //! Routes: `GET /` hello; `/pid`; `POST /echo` (body back, streamed, same
 //! content-type); `/sleep?ms=N` (async wait); `/spin?ms=N` (blocks the thread);
 //! `/crash` (abort mid-request); `/panic`; `/exit?code=N`; `/stream?bytes=N`

@@ -45,6 +45,7 @@
 
 mod body;
 mod channel;
+mod direct;
 mod session;
 
 pub use body::{Body, BoxError};
@@ -141,12 +142,7 @@ impl Worker {
         H: Fn(Request<Body>) -> F + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
-        let handler = Arc::new(handler);
-        let svc = tower::service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req).await) }
-        });
-        self.serve_service(svc).await
+        self.serve_service(handler_service(handler)).await
     }
 
     /// Serves any `tower::Service` on this process's channel; see [`serve_service`].
@@ -173,6 +169,67 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// Serves `handler` directly over HTTP on `addr`, with no master: for local debugging
+/// (and Ferry's benchmark ceiling). Runs until the process is stopped.
+///
+/// ```no_run
+/// use ferry_worker::{Body, Request, Response};
+/// # async fn run() -> std::io::Result<()> {
+/// let addr = "127.0.0.1:3000".parse().unwrap();
+/// ferry_worker::serve_direct(addr, |_req: Request<Body>| async { Response::new(Body::from("hi")) }).await
+/// # }
+/// ```
+pub async fn serve_direct<H, F>(addr: std::net::SocketAddr, handler: H) -> io::Result<()>
+where
+    H: Fn(Request<Body>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_service_direct(addr, handler_service(handler)).await
+}
+
+/// [`serve_direct`] for any `tower::Service`.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// let svc = tower::service_fn(|_req: ferry_worker::Request<ferry_worker::Body>| async {
+///     Ok::<_, std::convert::Infallible>(ferry_worker::Response::new(ferry_worker::Body::from("hi")))
+/// });
+/// ferry_worker::serve_service_direct("127.0.0.1:3000".parse().unwrap(), svc).await
+/// # }
+/// ```
+pub async fn serve_service_direct<S, B>(addr: std::net::SocketAddr, svc: S) -> io::Result<()>
+where
+    S: tower_service::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    direct::serve(addr, svc).await
+}
+
+/// An async fn as a `tower::Service` that never fails.
+fn handler_service<H, F>(
+    handler: H,
+) -> impl tower_service::Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static
+where
+    H: Fn(Request<Body>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    tower::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req).await) }
+    })
 }
 
 /// Serves an async function until the master drains this worker or goes away.

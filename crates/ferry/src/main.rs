@@ -1,22 +1,11 @@
 //! `ferry`: the master process. Parses options, sets up logging and the runtime,
-//! and hands over to [`master::run`].
-
-mod body;
-mod channel;
-mod config;
-mod front;
-mod master;
-mod pool;
-mod proxy;
-mod slot;
-mod spawn;
-mod worker;
+//! and hands over to `ferry::master::run`.
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let config = config::Config::parse();
+    let config = ferry::config::Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -35,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(master::run(config));
+    let code = runtime.block_on(ferry::master::run(config));
     // Workers still running are killed as their handles drop with the runtime.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code

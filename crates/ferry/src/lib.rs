@@ -1,0 +1,20 @@
+//! The `ferry` master. The binary (`main.rs`) only parses options and starts the
+//! runtime; everything else lives here, public so that benchmarks and tests can
+//! drive the real code. It is not a stable API.
+//!
+//! Modules, in the order a request meets them: [`front`] (HTTP), [`proxy`] (one
+//! request's exchange), [`pool`] (which worker), [`channel`] (the worker's channel),
+//! [`body`] (the response body). Workers: [`spawn`] (starting processes), [`worker`]
+//! (one process's life), [`slot`] (restarts and replacement), [`master`] (top level,
+//! signals), [`config`] (options).
+
+pub mod body;
+pub mod channel;
+pub mod config;
+pub mod front;
+pub mod master;
+pub mod pool;
+pub mod proxy;
+pub mod slot;
+pub mod spawn;
+pub mod worker;
