@@ -390,3 +390,37 @@ async fn round_robin_alternates_regardless_of_load() {
         "every other request goes to the busy worker: slow {slow}, fast {fast:?}"
     );
 }
+
+#[tokio::test]
+async fn direct_mode_serves_the_same_routes_without_a_master() {
+    let d = Direct::start();
+    let r = get(d.addr, "/").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "Hello, world!\n")
+    );
+    assert_eq!(
+        pid_in(&get(d.addr, "/pid").await.text()),
+        d.child.id(),
+        "served by the testbed process itself"
+    );
+    let mut c = Conn::open(d.addr).await;
+    let body = body_for(7, 100_000);
+    let r = c
+        .send(
+            Request::post("/echo")
+                .body(Full::new(body.clone()))
+                .unwrap(),
+        )
+        .await;
+    assert!(r.body == body);
+    assert_eq!(
+        get(d.addr, "/panic").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        get(d.addr, "/").await.status,
+        StatusCode::OK,
+        "still serving after a panic"
+    );
+}

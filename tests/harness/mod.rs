@@ -383,3 +383,40 @@ pub fn pid_in(text: &str) -> u32 {
         })
         .unwrap_or_else(|| panic!("no pid in {t:?}"))
 }
+
+/// `ferry-testbed --direct 127.0.0.1:0`: the testbed served straight over HTTP,
+/// killed on drop.
+pub struct Direct {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Direct {
+    pub fn start() -> Direct {
+        let mut child = Command::new(bin("ferry-testbed"))
+            .args(["--direct", "127.0.0.1:0", "--threads", "1"])
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ferry-testbed --direct");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("testbed said where it serves").unwrap();
+            if let Some(rest) = line.split("serving directly on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining its stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Direct { child, addr }
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

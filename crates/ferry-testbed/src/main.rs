@@ -58,6 +58,26 @@ fn main() -> std::io::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|a| a == "--direct") {
+        // Direct mode: the same routes over HTTP with no master, on as many threads as
+        // there are CPUs (or `--threads N`): the ceiling Ferry's benchmark compares with.
+        let addr = args
+            .get(at + 1)
+            .and_then(|a| a.parse().ok())
+            .expect("usage: ferry-testbed --direct ADDR [--threads N]");
+        let threads = args
+            .iter()
+            .position(|a| a == "--threads")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?;
+        return rt.block_on(ferry_worker::serve_direct(addr, route));
+    }
+    // Under ferry: one thread per worker process; ferry runs one worker per core.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
