@@ -52,7 +52,8 @@ fn body_for(n: usize, len: usize) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_requests_over_fifty_connections_no_cross_talk() {
-    let f = Ferry::testbed(&["--workers", "2"]);
+    // On a multi-threaded master (the default is one thread), so both runtimes are covered.
+    let f = Ferry::testbed(&["--workers", "2", "--threads", "2"]);
     const MIB: usize = 1 << 20;
     // Sizes around the frame limit (1 MiB) and well past it, among many small ones.
     let special = [0, 1, MIB - 1, MIB, MIB + 1, 5 * MIB];

@@ -22,6 +22,12 @@ pub struct Config {
     #[arg(long, env = "FERRY_WORKERS", value_parser = clap::value_parser!(u32).range(1..))]
     pub workers: Option<u32>,
 
+    /// Threads of the master's own runtime (HTTP parsing and dispatch) [default: 1].
+    /// Workers do the application's work; one master thread serves tens of
+    /// thousands of requests a second, and more threads add cross-thread wake-ups.
+    #[arg(long, env = "FERRY_THREADS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+
     /// Most requests in flight on one worker at a time. 1 gives the classic
     /// one-request-per-process model of PHP-FPM or Gunicorn's sync workers. A worker
     /// may announce a lower limit of its own.
