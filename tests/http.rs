@@ -331,6 +331,57 @@ async fn concurrency_one_never_gives_a_worker_two_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_gave_up_waiting_free_their_place_in_the_queue() {
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--concurrency",
+        "1",
+        "--queue-size",
+        "1",
+        "--queue-timeout",
+        "200ms",
+    ]);
+    let addr = f.addr;
+    let slow = tokio::spawn(async move { get(addr, "/sleep?ms=3000").await });
+    assert!(f.log.wait_for("sleeping 3000 ms", WAIT).is_some());
+    for _ in 0..3 {
+        // Each waits its 200 ms in the (one-place) queue, then gives up: the place is
+        // free again for the next, which must wait too rather than be turned away.
+        let r = get(f.addr, "/").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.text(), "no worker became free in time\n");
+    }
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_response_head_too_large_for_a_frame_fails_cleanly() {
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--max-frame-size",
+        "128KiB",
+        "--max-header-size",
+        "16KiB",
+    ]);
+    let before = pid_in(&get(f.addr, "/pid").await.text());
+    let t0 = std::time::Instant::now();
+    let r = get(f.addr, "/big-header?bytes=200000").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "answered at once, not by a timeout"
+    );
+    // Just under the limit passes; the worker was never blamed.
+    assert_eq!(
+        get(f.addr, "/big-header?bytes=100000").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(pid_in(&get(f.addr, "/pid").await.text()), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_with_retry_after() {
     let f = Ferry::testbed(&["--workers", "1", "--concurrency", "1", "--queue-size", "1"]);
     let mut tasks = Vec::new();

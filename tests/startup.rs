@@ -28,6 +28,17 @@ fn fails_with(worker: &[&str], expect: &[&str]) {
 }
 
 #[test]
+fn frame_limit_too_small_for_a_request_head_is_refused_at_start() {
+    let (status, stderr) = Ferry::builder(&["--max-frame-size", "64KiB"], &[&testbed()])
+        .run_to_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--max-frame-size 65536 is too small"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn missing_worker_command() {
     fails_with(
         &["/nonexistent/worker-binary"],

@@ -566,4 +566,11 @@ async fn twenty_sighup_reloads_under_load_fail_nothing() {
         "every worker was replaced"
     );
     assert_eq!(f.log.count("worker replaced"), 40);
+    // Drained workers exit by themselves, cleanly, not by our SIGKILL.
+    assert_eq!(
+        f.log.count("worker drained: exited with status 0"),
+        40,
+        "{}",
+        f.log.text()
+    );
 }

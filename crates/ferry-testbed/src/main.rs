@@ -8,7 +8,8 @@
 //! content-type); `/sleep?ms=N` (async wait); `/spin?ms=N` (blocks the thread);
 //! `/crash` (abort mid-request); `/panic`; `/exit?code=N`; `/stream?bytes=N`
 //! (chunked body of N bytes); `/headers` (request headers as JSON pairs);
-//! `/spawn` (starts a `sleep` grandchild in the worker's process group, returns its pid).
+//! `/spawn` (starts a `sleep` grandchild in the worker's process group, returns its pid);
+//! `/big-header?bytes=N` (a response header of N bytes).
 //!
 //! `pid=P` on /sleep, /spin, /crash or /exit restricts it to the worker with pid P.
 //!
@@ -138,6 +139,15 @@ async fn route(req: Request<Body>) -> Response<Body> {
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        ("GET", "/big-header") => {
+            let n = query("bytes").unwrap_or(0) as usize;
+            let mut resp = text("big header\n");
+            resp.headers_mut().insert(
+                "x-big",
+                http::HeaderValue::from_str(&"b".repeat(n)).expect("ascii"),
             );
             resp
         }

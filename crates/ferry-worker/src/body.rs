@@ -78,6 +78,7 @@ impl Body {
         length: Option<u64>,
         rx: mpsc::UnboundedReceiver<Piece>,
         outbox: Outbox,
+        credit_every: usize,
     ) -> Self {
         Body {
             kind: Kind::Incoming(Incoming {
@@ -86,6 +87,8 @@ impl Body {
                 rx,
                 outbox,
                 done: false,
+                uncredited: 0,
+                credit_every,
             }),
         }
     }
@@ -126,14 +129,17 @@ pub(crate) enum Piece {
     End(Vec<Header>),
 }
 
-/// A request body arriving from the master. Each chunk handed to the reader is
-/// credited back, so the master may send that many more bytes.
+/// A request body arriving from the master. What the reader takes is credited back
+/// (in batches), so the master may send that many more bytes.
 struct Incoming {
     id: u64,
     length: Option<u64>,
     rx: mpsc::UnboundedReceiver<Piece>,
     outbox: Outbox,
     done: bool,
+    /// Bytes handed to the reader but not yet credited back.
+    uncredited: usize,
+    credit_every: usize,
 }
 
 impl http_body::Body for Body {
@@ -159,7 +165,12 @@ impl http_body::Body for Body {
                 match inc.rx.poll_recv(cx) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Some(Piece::Data(data))) => {
-                        inc.outbox.credit(inc.id, data.len());
+                        // Credits are batched: one per `credit_every` bytes read.
+                        inc.uncredited += data.len();
+                        if inc.uncredited >= inc.credit_every {
+                            inc.outbox.credit(inc.id, inc.uncredited);
+                            inc.uncredited = 0;
+                        }
                         Poll::Ready(Some(Ok(Frame::data(data))))
                     }
                     Poll::Ready(Some(Piece::End(trailers))) => {

@@ -191,6 +191,9 @@ where
         chunk: CHUNK_MAX
             .min(welcome.initial_window.max(1) as usize)
             .min(max_frame.saturating_sub(BODY_CHUNK_OVERHEAD).max(1)),
+        max_frame,
+        // A quarter of our window: the master never stalls, and credits stay few.
+        credit_every: (cfg.initial_window as usize / 4).max(1),
     };
 
     let mut draining = false;
@@ -287,10 +290,17 @@ where
     Ok(end)
 }
 
+#[derive(Clone, Copy)]
 struct Limits {
     max_in_flight: usize,
+    /// Response-body window the master granted each request.
     window: u32,
+    /// Largest data per body chunk we send.
     chunk: usize,
+    /// Largest frame either side accepts.
+    max_frame: usize,
+    /// Request-body bytes read before they are credited back in one `Credit`.
+    credit_every: usize,
 }
 
 fn abort_all(shared: &Shared) {
@@ -307,26 +317,60 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<WorkerMsg>,
     mut sink: FramedWrite<OwnedWriteHalf, WorkerCodec>,
 ) {
+    // Requests whose streamed head was refused: their later frames are dropped, since
+    // the master never saw the head.
+    let mut refused = std::collections::HashSet::new();
     while let Some(msg) = rx.recv().await {
         let mut next = Some(msg);
         while let Some(msg) = next {
-            if let Err(e) = sink.feed(msg).await {
-                match e {
-                    ProtocolError::Io(e) => {
-                        tracing::debug!("channel write failed: {e}");
-                        return;
+            next = rx.try_recv().ok();
+            let id = request_id(&msg);
+            if let Some(id) = id.filter(|id| refused.contains(id)) {
+                if matches!(msg, WorkerMsg::BodyEnd(_) | WorkerMsg::Failed(_)) {
+                    refused.remove(&id);
+                }
+                continue;
+            }
+            let streamed = matches!(&msg, WorkerMsg::ResponseHead(h) if matches!(h.body, BodyKind::Streamed { .. }));
+            match sink.feed(msg).await {
+                Ok(()) => {}
+                Err(ProtocolError::Io(e)) => {
+                    tracing::debug!("channel write failed: {e}");
+                    return;
+                }
+                // Too large for a frame: nothing was buffered. A refused response head
+                // becomes a clean failure of its request, so the master is not left waiting.
+                Err(e) => {
+                    tracing::error!("a frame exceeds the channel's limit and was not sent: {e}");
+                    if let Some(id) = id {
+                        let reason = format!("the response could not be sent: {e}");
+                        let _ = sink
+                            .feed(WorkerMsg::Failed(RequestFailed { id, reason }))
+                            .await;
+                        if streamed {
+                            refused.insert(id);
+                        }
                     }
-                    // The message itself was refused (too large); nothing was buffered.
-                    e => tracing::error!("dropping a frame the master would refuse: {e}"),
                 }
             }
-            next = rx.try_recv().ok();
         }
         if sink.flush().await.is_err() {
             return;
         }
     }
     let _ = sink.flush().await;
+}
+
+/// The request a response-side frame belongs to.
+fn request_id(msg: &WorkerMsg) -> Option<u64> {
+    match msg {
+        WorkerMsg::ResponseHead(m) => Some(m.id),
+        WorkerMsg::BodyChunk(m) => Some(m.id),
+        WorkerMsg::BodyEnd(m) => Some(m.id),
+        WorkerMsg::Credit(m) => Some(m.id),
+        WorkerMsg::Failed(m) => Some(m.id),
+        _ => None,
+    }
 }
 
 fn start_request<S, B>(mut head: RequestHead, svc: &S, outbox: &Outbox, limits: &Limits)
@@ -344,7 +388,10 @@ where
         BodyKind::Inline(b) => (Body::from(b), None),
         BodyKind::Streamed { length } => {
             let (tx, rx) = mpsc::unbounded_channel();
-            (Body::incoming(id, length, rx, outbox.clone()), Some(tx))
+            (
+                Body::incoming(id, length, rx, outbox.clone(), limits.credit_every),
+                Some(tx),
+            )
         }
     };
     {
@@ -381,13 +428,13 @@ where
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let svc = svc.clone();
     let out = outbox.clone();
-    let chunk = limits.chunk;
+    let limits = *limits;
     let task = tokio::spawn(async move {
         let handled = AssertUnwindSafe(async {
             // Errors become `BoxError` at once: `S::Error` need not be `Send`.
             let result = svc.oneshot(request).await.map_err(Into::<BoxError>::into);
             match result {
-                Ok(resp) => send_response(id, resp, &out, &window, chunk).await,
+                Ok(resp) => send_response(id, resp, &out, &window, &limits).await,
                 Err(e) => {
                     tracing::error!(%method, path, "handler failed: {e}");
                     out.finish(id, inline_response(id, 500, "Internal Server Error\n"));
@@ -477,7 +524,7 @@ async fn send_response<B>(
     resp: Response<B>,
     out: &Outbox,
     window: &Semaphore,
-    chunk: usize,
+    limits: &Limits,
 ) where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -518,7 +565,17 @@ async fn send_response<B>(
         Some(Ok(frame)) => frame,
     };
     if let Some(data) = first.data_ref() {
-        if body.is_end_stream() && data.len() <= INLINE_MAX {
+        // Inline only what surely fits in one frame with the head (16 bytes of lengths
+        // per header, and room for the fixed fields).
+        let head_size = 64
+            + headers
+                .iter()
+                .map(|h| 16 + h.name.len() + h.value.len())
+                .sum::<usize>();
+        if body.is_end_stream()
+            && data.len() <= INLINE_MAX
+            && head_size + data.len() <= limits.max_frame
+        {
             let data = first.into_data().unwrap_or_default();
             out.finish(id, head(BodyKind::Inline(data)));
             return;
@@ -554,7 +611,7 @@ async fn send_response<B>(
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
                     while !data.is_empty() {
-                        let piece = data.split_to(data.len().min(chunk));
+                        let piece = data.split_to(data.len().min(limits.chunk));
                         match window.acquire_many(piece.len() as u32).await {
                             Ok(permit) => permit.forget(),
                             Err(_) => return,

@@ -210,6 +210,17 @@ impl Channel {
         }
     }
 
+    /// Ends request `id`, whose head could not be sent, without involving the worker.
+    pub fn refuse(&self, id: u64, reason: String) {
+        let entry = self.table.lock().unwrap().entries.remove(&id);
+        if let Some(mut e) = entry {
+            if let Some(head) = e.head.take() {
+                let _ = head.send(Err(Lost::Failed(reason)));
+            }
+            e.close();
+        }
+    }
+
     /// The requests in flight, for log lines: `GET /path (1.2s)`.
     pub fn describe_in_flight(&self) -> Vec<String> {
         let t = self.table.lock().unwrap();
@@ -359,16 +370,27 @@ fn unknown(what: &str, id: u64) -> Violation {
 pub async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<MasterMsg>,
     mut sink: FramedWrite<OwnedWriteHalf, MasterCodec>,
+    channel: std::sync::Weak<Channel>,
 ) {
     while let Some(msg) = rx.recv().await {
         let mut next = Some(msg);
         while let Some(msg) = next {
+            let head_id = match &msg {
+                MasterMsg::RequestHead(h) => Some(h.id),
+                _ => None,
+            };
             match sink.feed(msg).await {
                 Ok(()) => {}
                 Err(ProtocolError::Io(_)) => return,
-                // A frame too large for the limit: its request fails by timeout or
-                // its own checks; the channel itself stays usable.
-                Err(e) => tracing::error!("dropping a frame the worker would refuse: {e}"),
+                // The frame exceeds the channel's limit and was not written; the
+                // channel itself is intact. A refused head never reached the worker,
+                // so its request ends here rather than waiting for a timeout.
+                Err(e) => {
+                    tracing::error!("a frame exceeds the channel's limit and was not sent: {e}");
+                    if let (Some(id), Some(channel)) = (head_id, channel.upgrade()) {
+                        channel.refuse(id, e.to_string());
+                    }
+                }
             }
             next = rx.try_recv().ok();
         }

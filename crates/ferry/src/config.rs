@@ -131,7 +131,27 @@ pub enum Balance {
     RoundRobin,
 }
 
+/// Request bodies up to this size (with a known length) ride inline in the head frame.
+pub const INLINE_BODY_MAX: u64 = 64 * 1024;
+
 impl Config {
+    /// Options that are each valid but do not fit together.
+    pub fn check(&self) -> Result<(), String> {
+        // A request head is its headers (each field costs 16 bytes of lengths on the
+        // channel) plus an inline body: it must fit in one frame.
+        let need = self.max_header_size + 16 * self.max_headers as u64 + INLINE_BODY_MAX + 4096;
+        if self.max_frame_size < need {
+            return Err(format!(
+                "--max-frame-size {} is too small for --max-header-size {} with {} headers: it must be at least {need}",
+                self.max_frame_size, self.max_header_size, self.max_headers
+            ));
+        }
+        if self.max_frame_size > u32::MAX as u64 {
+            return Err("--max-frame-size must be below 4GiB".into());
+        }
+        Ok(())
+    }
+
     pub fn workers(&self) -> usize {
         self.workers
             .map(|n| n as usize)
@@ -160,6 +180,18 @@ mod tests {
         assert!(bytes("ten").is_err());
         assert_eq!(duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(duration("5").is_err());
+    }
+
+    #[test]
+    fn frame_limit_must_hold_a_full_request_head() {
+        let ok = Config::try_parse_from(["ferry", "--", "w"]).unwrap();
+        assert!(ok.check().is_ok(), "the defaults fit together");
+        let small =
+            Config::try_parse_from(["ferry", "--max-frame-size", "64KiB", "--", "w"]).unwrap();
+        assert!(small
+            .check()
+            .unwrap_err()
+            .contains("--max-frame-size 65536 is too small"));
     }
 
     #[test]

@@ -56,6 +56,10 @@ impl Ctx {
 }
 
 pub async fn run(config: Config) -> ExitCode {
+    if let Err(e) = config.check() {
+        eprintln!("ferry: {e}");
+        return ExitCode::FAILURE;
+    }
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -114,6 +114,11 @@ impl Pool {
                 return Ok(self.lease(&mut st, i));
             }
             if st.waiters.len() >= self.queue_size {
+                // Waiters that timed out leave their (closed) entry behind: they must
+                // not count against the queue.
+                st.waiters.retain(|w| !w.is_closed());
+            }
+            if st.waiters.len() >= self.queue_size {
                 return Err(NoSlot::QueueFull);
             }
             let (tx, rx) = oneshot::channel();

@@ -2,8 +2,9 @@
 //! get a worker slot, send the head (and stream the body under flow control), wait
 //! for the response head, and turn it into a hyper response.
 //!
-//! Every failure here has its own status: 413 body too large, 503 no worker slot
-//! (queue full or timed out), 504 request timeout, 502 worker failed or died.
+//! Every failure here has its own status: 400 unreadable body, 413 body too large,
+//! 503 no worker slot (queue full or timed out), 504 request timeout, 502 worker
+//! failed or died.
 
 use bytes::Bytes;
 use ferry_protocol::*;
@@ -19,8 +20,7 @@ use crate::channel::{Channel, Lost};
 use crate::master::Ctx;
 use crate::pool::NoSlot;
 
-/// Request bodies up to this size (with a known length) are read whole and sent inline.
-const INLINE_MAX: u64 = 64 * 1024;
+use crate::config::INLINE_BODY_MAX as INLINE_MAX;
 
 pub async fn handle(
     req: Request<Incoming>,

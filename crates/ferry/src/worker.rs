@@ -135,8 +135,8 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
     }
     writer.set_backpressure_boundary(256 * 1024);
     let (queue, rx) = mpsc::unbounded_channel();
-    tokio::spawn(channel::write_loop(rx, writer));
     let channel = Channel::new(index, pid, queue, &hello, &welcome);
+    tokio::spawn(channel::write_loop(rx, writer, Arc::downgrade(&channel)));
     let limit = (cfg.concurrency.min(hello.max_in_flight).max(1)) as usize;
     tracing::info!(worker = index, pid, sdk = %format!("{} {}", hello.sdk_name, hello.sdk_version), "worker started");
     Ok(Live {
@@ -296,6 +296,12 @@ async fn supervise(
                 cfg.kill_timeout
             );
         }
+    }
+    if let End::ChannelClosed = end {
+        // A worker closes its channel as it exits (after a drain's Goodbye, or as it
+        // dies): give it the chance to finish exiting before its group is killed, so
+        // a clean exit is reported as one.
+        let _ = tokio::time::timeout(cfg.kill_timeout, child.wait()).await;
     }
     kill_group(pid);
     let status = match &end {

@@ -114,9 +114,7 @@ fn master_hot_path_allocations_per_request() {
 
         // Everything a request brings with it is built before counting starts.
         let total = WARMUP + N;
-        let mut heads: Vec<Option<RequestHead>> = (1..=total as u64)
-            .map(|id| Some(request_head(id)))
-            .collect();
+        let heads: Vec<RequestHead> = (1..=total as u64).map(request_head).collect();
         let mut incoming = BytesMut::new();
         for id in 1..=total as u64 {
             let resp = WorkerMsg::ResponseHead(ResponseHead {
@@ -133,12 +131,11 @@ fn master_hot_path_allocations_per_request() {
         let mut out = BytesMut::with_capacity(64 * 1024);
 
         let mut sum = Phases::default();
-        for i in 0..total {
+        for (i, head) in heads.into_iter().enumerate() {
             let a0 = allocs();
             let lease = pool.acquire_avoiding(None).await.unwrap();
             let mut exchange = channel.register(lease, "GET", "/api/items").unwrap();
             let a1 = allocs();
-            let head = heads[i].take().unwrap();
             channel.send(MasterMsg::RequestHead(head));
             let msg = rx.try_recv().unwrap();
             encode_master(&msg, &mut out, MAX).unwrap();
