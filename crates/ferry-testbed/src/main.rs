@@ -54,11 +54,16 @@ fn main() -> std::io::Result<()> {
         }
     }
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    // Under ferry the master stamps every line it relays: a second timestamp is noise.
+    if std::env::var_os("FERRY_FD").is_some() {
+        log.without_time().init();
+    } else {
+        log.init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(at) = args.iter().position(|a| a == "--direct") {
         // Direct mode: the same routes over HTTP with no master, on as many threads as
