@@ -26,10 +26,14 @@
 pub mod codec;
 mod error;
 pub mod frame;
+#[cfg(feature = "http")]
+mod http_types;
 mod message;
 mod wire;
 
 pub use error::ProtocolError;
+#[cfg(feature = "http")]
+pub use http_types::{headers_from_map, map_from_headers};
 pub use message::*;
 
 /// The protocol version this crate speaks. Carried first in `Hello` and `Welcome`;

@@ -3,7 +3,6 @@
 
 use bytes::Bytes;
 use ferry_protocol::Header;
-use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
@@ -178,16 +177,9 @@ impl http_body::Body for Body {
                         if trailers.is_empty() {
                             return Poll::Ready(None);
                         }
-                        let mut map = HeaderMap::new();
-                        for h in trailers {
-                            if let (Ok(n), Ok(v)) = (
-                                http::HeaderName::from_bytes(&h.name),
-                                http::HeaderValue::from_maybe_shared(h.value),
-                            ) {
-                                map.append(n, v);
-                            }
-                        }
-                        Poll::Ready(Some(Ok(Frame::trailers(map))))
+                        Poll::Ready(Some(Ok(Frame::trailers(ferry_protocol::map_from_headers(
+                            trailers,
+                        )))))
                     }
                     Poll::Ready(None) => {
                         inc.done = true;

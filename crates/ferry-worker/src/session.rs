@@ -12,7 +12,7 @@ use bytes::Bytes;
 use ferry_protocol::codec::WorkerCodec;
 use ferry_protocol::*;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use std::collections::HashMap;
@@ -500,25 +500,6 @@ fn inline_response(id: u64, status: u16, body: &'static str) -> WorkerMsg {
     })
 }
 
-fn to_headers(map: HeaderMap) -> Vec<Header> {
-    let mut out = Vec::with_capacity(map.len());
-    let mut last = None;
-    for (name, value) in map {
-        // HeaderMap yields a name once, then None for its further values.
-        if let Some(n) = name {
-            last = Some(Bytes::copy_from_slice(n.as_str().as_bytes()));
-        }
-        let n = last
-            .clone()
-            .expect("the first entry always carries its name");
-        out.push(Header {
-            name: n,
-            value: Bytes::copy_from_slice(value.as_bytes()),
-        });
-    }
-    out
-}
-
 async fn send_response<B>(
     id: u64,
     resp: Response<B>,
@@ -531,7 +512,7 @@ async fn send_response<B>(
 {
     let (parts, body) = resp.into_parts();
     let status = parts.status.as_u16();
-    let headers = to_headers(parts.headers);
+    let headers = headers_from_map(&parts.headers);
     let mut body = std::pin::pin!(body);
     let head = |body| {
         WorkerMsg::ResponseHead(ResponseHead {
@@ -629,7 +610,7 @@ async fn send_response<B>(
                             id,
                             WorkerMsg::BodyEnd(BodyEnd {
                                 id,
-                                trailers: to_headers(trailers),
+                                trailers: headers_from_map(&trailers),
                             }),
                         );
                         return;

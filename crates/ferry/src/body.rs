@@ -3,7 +3,6 @@
 //! of filling the master's memory; dropping it early cancels the request.
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -90,16 +89,9 @@ impl http_body::Body for ResponseBody {
                         if trailers.is_empty() {
                             return Poll::Ready(None);
                         }
-                        let mut map = HeaderMap::new();
-                        for h in trailers {
-                            if let (Ok(n), Ok(v)) = (
-                                http::HeaderName::from_bytes(&h.name),
-                                http::HeaderValue::from_maybe_shared(h.value),
-                            ) {
-                                map.append(n, v);
-                            }
-                        }
-                        Poll::Ready(Some(Ok(Frame::trailers(map))))
+                        Poll::Ready(Some(Ok(Frame::trailers(ferry_protocol::map_from_headers(
+                            trailers,
+                        )))))
                     }
                     Some(Piece::Failed(reason)) => {
                         s.guard.armed = false;

@@ -6,7 +6,6 @@
 //! 503 no worker slot (queue full or timed out), 504 request timeout, 502 worker
 //! failed or died.
 
-use bytes::Bytes;
 use ferry_protocol::*;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -45,16 +44,7 @@ pub async fn handle(
         method: parts.method.as_str().to_owned(),
         target,
         version: version(parts.version),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                Header::new(
-                    Bytes::copy_from_slice(n.as_str().as_bytes()),
-                    Bytes::copy_from_slice(v.as_bytes()),
-                )
-            })
-            .collect(),
+        headers: headers_from_map(&parts.headers),
         peer: peer.to_string(),
         body: BodyKind::Empty,
     };
@@ -223,16 +213,7 @@ async fn pump(
             Err(frame) => {
                 let trailers = frame
                     .into_trailers()
-                    .map(|t| {
-                        t.iter()
-                            .map(|(n, v)| {
-                                Header::new(
-                                    Bytes::copy_from_slice(n.as_str().as_bytes()),
-                                    Bytes::copy_from_slice(v.as_bytes()),
-                                )
-                            })
-                            .collect()
-                    })
+                    .map(|t| headers_from_map(&t))
                     .unwrap_or_default();
                 channel.send(MasterMsg::BodyEnd(BodyEnd { id, trailers }));
                 return;
