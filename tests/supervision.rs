@@ -119,7 +119,8 @@ async fn crash_without_retry_gives_502_at_once() {
     let f = Ferry::testbed(&["--workers", "2", "--retry-idempotent", "false"]);
     let t0 = Instant::now();
     assert_eq!(get(f.addr, "/crash").await.status, StatusCode::BAD_GATEWAY);
-    assert!(t0.elapsed() < Duration::from_secs(2));
+    // At once, not at the 30 s request timeout.
+    assert!(t0.elapsed() < Duration::from_secs(10));
     assert!(
         f.log.wait_for("killed by signal 6", WAIT).is_some(),
         "exit logged with the signal: {}",
@@ -138,17 +139,20 @@ async fn request_timeout_gives_504_near_the_timeout_and_frees_the_slot() {
         "500ms",
     ]);
     let t0 = Instant::now();
-    let r = get(f.addr, "/sleep?ms=5000").await;
+    let r = get(f.addr, "/sleep?ms=30000").await;
     let took = t0.elapsed();
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_millis(2500),
+        // The 504 itself proves the timeout acted (the handler sleeps 30 s); the bound
+        // only checks it acted near its time, with room for a loaded machine.
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
         "504 after {took:?}"
     );
     // The worker confirmed the cancel, so its only slot is free again at once.
     let t1 = Instant::now();
     assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
-    assert!(t1.elapsed() < Duration::from_secs(2));
+    // Not after the cancelled handler's 30 s sleep.
+    assert!(t1.elapsed() < Duration::from_secs(10));
     assert_eq!(
         f.log.count("worker exited"),
         0,
@@ -413,7 +417,9 @@ async fn kill_9_of_the_master_leaves_no_child_or_grandchild() {
     for pid in workers.iter().chain(&grandchildren) {
         assert!(
             wait_dead(*pid, Duration::from_secs(1)),
-            "process {pid} outlived the master"
+            "process {pid} outlived the master: {:?} {:?} (workers {workers:?}, grandchildren {grandchildren:?})",
+            std::fs::read_to_string(format!("/proc/{pid}/stat")),
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
         );
     }
 }
@@ -490,7 +496,12 @@ async fn sigterm_lets_a_hundred_slow_requests_finish_then_exits_0() {
         .wait_exit(WAIT)
         .expect("ferry exits after a graceful stop");
     assert!(status.success(), "{status:?}\n{}", f.log.text());
-    assert!(f.log.text().contains("stopped gracefully"));
+    // The exit can be seen before the reader thread has taken the last log line.
+    assert!(
+        f.log.wait_for("stopped gracefully", WAIT).is_some(),
+        "{}",
+        f.log.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -338,6 +338,60 @@ fn head_fields_are_slices_of_the_frame() {
 }
 
 #[test]
+fn borrowed_request_head_encodes_exactly_like_the_owned_one() {
+    for (_, msg) in common::master_samples() {
+        let MasterMsg::RequestHead(owned) = msg else {
+            continue;
+        };
+        let borrowed = RequestHead {
+            id: owned.id,
+            method: owned.method.clone(),
+            target: owned.target.clone(),
+            version: owned.version,
+            headers: owned
+                .headers
+                .iter()
+                .map(|h| Header {
+                    name: &h.name[..],
+                    value: &h.value[..],
+                })
+                .collect(),
+            peer: owned.peer.clone(),
+            body: match &owned.body {
+                BodyKind::Empty => BodyKind::Empty,
+                BodyKind::Inline(b) => BodyKind::Inline(&b[..]),
+                BodyKind::Streamed { length } => BodyKind::Streamed { length: *length },
+            },
+        };
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        encode_request_head(&borrowed, &mut b, MAX).unwrap();
+        drop(borrowed);
+        encode_master(&MasterMsg::RequestHead(owned), &mut a, MAX).unwrap();
+        assert_eq!(a, b);
+    }
+    // And it refuses an over-long head the same way.
+    let big = [b'x'; 200];
+    let head = RequestHead {
+        id: 1,
+        method: "GET".into(),
+        target: "/".into(),
+        version: HttpVersion::Http11,
+        headers: vec![Header {
+            name: &b"x"[..],
+            value: &big[..],
+        }],
+        peer: String::new(),
+        body: BodyKind::<&[u8]>::Empty,
+    };
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        encode_request_head(&head, &mut buf, 100),
+        Err(ProtocolError::FrameTooLong { .. })
+    ));
+    assert!(buf.is_empty());
+}
+
+#[test]
 fn codecs_round_trip_through_encoder_and_decoder() {
     let mut enc = WorkerCodec::new(MAX);
     let mut dec = MasterCodec::new(MAX);

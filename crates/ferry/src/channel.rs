@@ -3,21 +3,23 @@
 //! frames into few writes.
 //!
 //! The table enforces the protocol's rules for the worker: one response head per
-//! request, body bytes only within the window we granted, nothing for an id that is
-//! not in flight. A breach is a [`Violation`]: the supervisor kills the worker. Each
-//! entry owns its request's [`Lease`], so a request's slot is freed exactly when
-//! the worker finishes it (or dies), never merely because the client went away.
+//! request, body bytes only after a streamed head and within the window we granted,
+//! nothing for an id that is not in flight. A breach is a [`Violation`]: the
+//! supervisor kills the worker. Each entry owns its request's [`Lease`], so a
+//! request's slot is freed exactly when the worker finishes it (or dies), never
+//! merely because the client went away.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ferry_protocol::codec::MasterCodec;
 use ferry_protocol::*;
 use futures_util::SinkExt;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::codec::FramedWrite;
+use tokio_util::codec::{Encoder, FramedWrite};
 
 use crate::pool::Lease;
 
@@ -26,6 +28,8 @@ pub struct Start {
     pub status: u16,
     pub headers: Vec<Header>,
     pub body: BodyKind,
+    /// The rest of a streamed body (`body` is `Streamed`), piece by piece.
+    pub stream: Option<mpsc::UnboundedReceiver<Piece>>,
 }
 
 /// Why a request got no response head.
@@ -52,21 +56,23 @@ pub struct Violation(pub String);
 pub struct Exchange {
     pub id: u64,
     pub head: oneshot::Receiver<Result<Start, Lost>>,
-    pub body: mpsc::UnboundedReceiver<Piece>,
-    /// Request-body bytes the worker will still accept; credits add to it.
-    pub send_window: Arc<Semaphore>,
+    /// For a streamed request body: the bytes the worker will still accept; its
+    /// credits add to it.
+    pub send_window: Option<Arc<Semaphore>>,
 }
 
 struct Entry {
     head: Option<oneshot::Sender<Result<Start, Lost>>>,
-    body: mpsc::UnboundedSender<Piece>,
+    /// Where a streamed response body goes, once its head has arrived.
+    body: Option<mpsc::UnboundedSender<Piece>>,
     /// Response-body bytes the worker may still send before we grant more.
     recv_window: u64,
-    send_window: Arc<Semaphore>,
+    send_window: Option<Arc<Semaphore>>,
     /// When we sent `Cancel`, if we did: the worker must confirm within the grace period.
     cancelled: Option<Instant>,
-    method: String,
-    path: String,
+    /// For log lines; cheap clones of the request's own (no allocation).
+    method: http::Method,
+    uri: http::Uri,
     started: Instant,
     _lease: Lease,
 }
@@ -74,7 +80,13 @@ struct Entry {
 impl Entry {
     /// Ends the entry for good: wakes the request body pump so it stops sending.
     fn close(self) {
-        self.send_window.close();
+        if let Some(w) = &self.send_window {
+            w.close();
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {}", self.method, self.uri.path())
     }
 }
 
@@ -86,10 +98,34 @@ struct Table {
     closed: bool,
 }
 
+/// What the writer task is given: a message to encode, or a frame the request task
+/// already encoded (request heads, straight from hyper's header map).
+pub enum Outgoing {
+    Msg(MasterMsg),
+    Frame(Bytes),
+}
+
+/// The writer's codec: messages through [`MasterCodec`], ready frames as they are.
+pub struct OutgoingCodec(pub MasterCodec);
+
+impl Encoder<Outgoing> for OutgoingCodec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, item: Outgoing, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        match item {
+            Outgoing::Msg(m) => self.0.encode(m, dst),
+            Outgoing::Frame(f) => {
+                dst.extend_from_slice(&f);
+                Ok(())
+            }
+        }
+    }
+}
+
 pub struct Channel {
     pub index: usize,
     pub pid: u32,
-    queue: mpsc::UnboundedSender<MasterMsg>,
+    queue: mpsc::UnboundedSender<Outgoing>,
     table: Mutex<Table>,
     /// The window we announced in `Welcome` (response bodies).
     recv_window: u32,
@@ -97,8 +133,10 @@ pub struct Channel {
     send_window: u32,
     /// Largest data in one body chunk we send.
     pub chunk_size: usize,
+    /// Largest frame the worker accepts.
+    pub max_frame: usize,
     /// Requests this worker finished.
-    served: std::sync::atomic::AtomicU64,
+    served: AtomicU64,
     /// When the worker last answered a ping (or finished its handshake).
     last_pong: Mutex<Instant>,
 }
@@ -107,11 +145,12 @@ impl Channel {
     pub fn new(
         index: usize,
         pid: u32,
-        queue: mpsc::UnboundedSender<MasterMsg>,
+        queue: mpsc::UnboundedSender<Outgoing>,
         hello: &Hello,
         welcome: &Welcome,
     ) -> Arc<Self> {
-        let frame_room = (welcome.max_frame_size as usize).saturating_sub(BODY_CHUNK_OVERHEAD);
+        let max_frame = welcome.max_frame_size as usize;
+        let frame_room = max_frame.saturating_sub(BODY_CHUNK_OVERHEAD);
         Arc::new(Channel {
             index,
             pid,
@@ -122,19 +161,32 @@ impl Channel {
             chunk_size: (64 * 1024)
                 .min(hello.initial_window.max(1) as usize)
                 .min(frame_room.max(1)),
-            served: Default::default(),
+            max_frame,
+            served: AtomicU64::new(0),
             last_pong: Mutex::new(Instant::now()),
         })
     }
 
-    /// Queues a frame for the writer.
+    /// Queues a message for the writer.
     pub fn send(&self, msg: MasterMsg) {
-        let _ = self.queue.send(msg);
+        let _ = self.queue.send(Outgoing::Msg(msg));
+    }
+
+    /// Queues an already encoded frame for the writer.
+    pub fn send_frame(&self, frame: Bytes) {
+        let _ = self.queue.send(Outgoing::Frame(frame));
     }
 
     /// Puts a request in flight: returns its id and the receiving ends, or `None` if
     /// the worker is already gone. The head frame is queued by the caller.
-    pub fn register(&self, lease: Lease, method: &str, path: &str) -> Option<Exchange> {
+    /// `streamed_body`: the request body will follow as chunks, under flow control.
+    pub fn register(
+        &self,
+        lease: Lease,
+        method: &http::Method,
+        uri: &http::Uri,
+        streamed_body: bool,
+    ) -> Option<Exchange> {
         let mut t = self.table.lock().unwrap();
         if t.closed {
             return None;
@@ -142,18 +194,18 @@ impl Channel {
         t.next_id += 1;
         let id = t.next_id;
         let (head_tx, head) = oneshot::channel();
-        let (body_tx, body) = mpsc::unbounded_channel();
-        let send_window = Arc::new(Semaphore::new(self.send_window as usize));
+        let send_window =
+            streamed_body.then(|| Arc::new(Semaphore::new(self.send_window as usize)));
         t.entries.insert(
             id,
             Entry {
                 head: Some(head_tx),
-                body: body_tx,
+                body: None,
                 recv_window: 0,
                 send_window: send_window.clone(),
                 cancelled: None,
-                method: method.to_owned(),
-                path: path.to_owned(),
+                method: method.clone(),
+                uri: uri.clone(),
                 started: Instant::now(),
                 _lease: lease,
             },
@@ -161,7 +213,6 @@ impl Channel {
         Some(Exchange {
             id,
             head,
-            body,
             send_window,
         })
     }
@@ -196,27 +247,19 @@ impl Channel {
         };
         // Outside the lock: dropping the leases takes the pool's lock.
         for mut e in entries {
-            match e.head.take() {
-                Some(head) => {
-                    let _ = head.send(Err(Lost::WorkerGone));
-                }
-                None => {
-                    let _ = e
-                        .body
-                        .send(Piece::Failed("the worker died mid-response".into()));
-                }
+            if let Some(head) = e.head.take() {
+                let _ = head.send(Err(Lost::WorkerGone));
+            } else if let Some(body) = &e.body {
+                let _ = body.send(Piece::Failed("the worker died mid-response".into()));
             }
             e.close();
         }
     }
 
     /// Ends request `id`, whose head could not be sent, without involving the worker.
-    pub fn refuse(&self, id: u64, reason: String) {
+    pub fn refuse(&self, id: u64) {
         let entry = self.table.lock().unwrap().entries.remove(&id);
-        if let Some(mut e) = entry {
-            if let Some(head) = e.head.take() {
-                let _ = head.send(Err(Lost::Failed(reason)));
-            }
+        if let Some(e) = entry {
             e.close();
         }
     }
@@ -226,26 +269,26 @@ impl Channel {
         let t = self.table.lock().unwrap();
         t.entries
             .values()
-            .map(|e| format!("{} {} ({:.1?})", e.method, e.path, e.started.elapsed()))
+            .map(|e| format!("{} ({:.1?})", e.describe(), e.started.elapsed()))
             .collect()
     }
 
     /// How long since the worker last answered a ping.
-    pub fn silent_for(&self) -> std::time::Duration {
+    pub fn silent_for(&self) -> Duration {
         self.last_pong.lock().unwrap().elapsed()
     }
 
     /// A request whose cancellation the worker has not confirmed within `grace`.
-    pub fn overdue_cancel(&self, grace: std::time::Duration) -> Option<String> {
+    pub fn overdue_cancel(&self, grace: Duration) -> Option<String> {
         let t = self.table.lock().unwrap();
         t.entries
             .values()
             .find(|e| e.cancelled.is_some_and(|at| at.elapsed() > grace))
-            .map(|e| format!("{} {}", e.method, e.path))
+            .map(Entry::describe)
     }
 
     pub fn served(&self) -> u64 {
-        self.served.load(std::sync::atomic::Ordering::Relaxed)
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Routes one message from the worker.
@@ -260,30 +303,32 @@ impl Channel {
                 let head = e.head.take().ok_or_else(|| {
                     Violation(format!("a second ResponseHead for request {}", h.id))
                 })?;
-                let done = !matches!(h.body, BodyKind::Streamed { .. });
-                if !done {
+                let streamed = matches!(h.body, BodyKind::Streamed { .. });
+                let stream = streamed.then(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    e.body = Some(tx);
                     e.recv_window = self.recv_window as u64;
-                }
+                    rx
+                });
                 let id = h.id;
                 // The receiver may be gone (client left); the Cancel is already queued.
                 let _ = head.send(Ok(Start {
                     status: h.status,
                     headers: h.headers,
                     body: h.body,
+                    stream,
                 }));
-                done.then_some(id)
+                (!streamed).then_some(id)
             }
             WorkerMsg::BodyChunk(c) => {
                 let e = t
                     .entries
                     .get_mut(&c.id)
                     .ok_or_else(|| unknown("BodyChunk", c.id))?;
-                if e.head.is_some() {
-                    return Err(Violation(format!(
-                        "a BodyChunk before the ResponseHead of request {}",
-                        c.id
-                    )));
-                }
+                let body = e
+                    .body
+                    .as_ref()
+                    .ok_or_else(|| not_streaming("BodyChunk", c.id))?;
                 let len = c.data.len() as u64;
                 if len > e.recv_window {
                     return Err(Violation(format!(
@@ -292,7 +337,7 @@ impl Channel {
                     )));
                 }
                 e.recv_window -= len;
-                let _ = e.body.send(Piece::Data(c.data));
+                let _ = body.send(Piece::Data(c.data));
                 None
             }
             WorkerMsg::BodyEnd(b) => {
@@ -300,13 +345,11 @@ impl Channel {
                     .entries
                     .get(&b.id)
                     .ok_or_else(|| unknown("BodyEnd", b.id))?;
-                if e.head.is_some() {
-                    return Err(Violation(format!(
-                        "a BodyEnd before the ResponseHead of request {}",
-                        b.id
-                    )));
-                }
-                let _ = e.body.send(Piece::End(b.trailers));
+                let body = e
+                    .body
+                    .as_ref()
+                    .ok_or_else(|| not_streaming("BodyEnd", b.id))?;
+                let _ = body.send(Piece::End(b.trailers));
                 Some(b.id)
             }
             WorkerMsg::Failed(f) => {
@@ -314,13 +357,10 @@ impl Channel {
                     .entries
                     .get_mut(&f.id)
                     .ok_or_else(|| unknown("RequestFailed", f.id))?;
-                match e.head.take() {
-                    Some(head) => {
-                        let _ = head.send(Err(Lost::Failed(f.reason)));
-                    }
-                    None => {
-                        let _ = e.body.send(Piece::Failed(f.reason));
-                    }
+                if let Some(head) = e.head.take() {
+                    let _ = head.send(Err(Lost::Failed(f.reason)));
+                } else if let Some(body) = &e.body {
+                    let _ = body.send(Piece::Failed(f.reason));
                 }
                 Some(f.id)
             }
@@ -329,7 +369,10 @@ impl Channel {
                     .entries
                     .get(&c.id)
                     .ok_or_else(|| unknown("Credit", c.id))?;
-                e.send_window.add_permits(c.bytes as usize);
+                // A credit for a body we do not stream grants nothing; it is harmless.
+                if let Some(w) = &e.send_window {
+                    w.add_permits(c.bytes as usize);
+                }
                 None
             }
             WorkerMsg::Pong(_) => {
@@ -348,8 +391,7 @@ impl Channel {
             WorkerMsg::Hello(_) => return Err(Violation("a second Hello".into())),
         };
         if let Some(id) = finished {
-            self.served
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.served.fetch_add(1, Ordering::Relaxed);
             let entry = t.entries.remove(&id);
             drop(t);
             // Dropped outside our lock: the lease takes the pool's.
@@ -365,31 +407,28 @@ fn unknown(what: &str, id: u64) -> Violation {
     Violation(format!("{what} for request {id}, which is not in flight"))
 }
 
+fn not_streaming(what: &str, id: u64) -> Violation {
+    Violation(format!(
+        "a {what} for request {id}, whose response head is missing or not streamed"
+    ))
+}
+
 /// Drains every frame already queued into the buffer, then flushes once: under load
 /// one write carries many frames.
 pub async fn write_loop(
-    mut rx: mpsc::UnboundedReceiver<MasterMsg>,
-    mut sink: FramedWrite<OwnedWriteHalf, MasterCodec>,
-    channel: std::sync::Weak<Channel>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut sink: FramedWrite<OwnedWriteHalf, OutgoingCodec>,
 ) {
-    while let Some(msg) = rx.recv().await {
-        let mut next = Some(msg);
-        while let Some(msg) = next {
-            let head_id = match &msg {
-                MasterMsg::RequestHead(h) => Some(h.id),
-                _ => None,
-            };
-            match sink.feed(msg).await {
+    while let Some(item) = rx.recv().await {
+        let mut next = Some(item);
+        while let Some(item) = next {
+            match sink.feed(item).await {
                 Ok(()) => {}
                 Err(ProtocolError::Io(_)) => return,
-                // The frame exceeds the channel's limit and was not written; the
-                // channel itself is intact. A refused head never reached the worker,
-                // so its request ends here rather than waiting for a timeout.
+                // Request heads are encoded (and size-checked) by their request task;
+                // what remains (trailers) can only exceed the limit by misconfiguration.
                 Err(e) => {
-                    tracing::error!("a frame exceeds the channel's limit and was not sent: {e}");
-                    if let (Some(id), Some(channel)) = (head_id, channel.upgrade()) {
-                        channel.refuse(id, e.to_string());
-                    }
+                    tracing::error!("a frame exceeds the channel's limit and was not sent: {e}")
                 }
             }
             next = rx.try_recv().ok();

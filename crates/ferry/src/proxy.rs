@@ -35,39 +35,31 @@ pub async fn handle(
         return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
     let (parts, body) = req.into_parts();
-    let target = match parts.uri.path_and_query() {
-        Some(pq) if parts.uri.scheme().is_none() => pq.as_str().to_owned(),
-        _ => parts.uri.to_string(),
-    };
-    let mut head = RequestHead {
-        id: 0,
-        method: parts.method.as_str().to_owned(),
-        target,
-        version: version(parts.version),
-        headers: headers_from_map(&parts.headers),
-        peer: peer.to_string(),
-        body: BodyKind::Empty,
-    };
     use http_body::Body as _;
+    let mut inline = None;
     let mut streamed = None;
     if !body.is_end_stream() {
         match length {
             Some(n) if n <= INLINE_MAX => match Limited::new(body, n as usize).collect().await {
-                Ok(b) => head.body = BodyKind::Inline(b.to_bytes()),
+                Ok(b) => inline = Some(b.to_bytes()),
                 Err(_) => {
                     return error(StatusCode::BAD_REQUEST, "could not read the request body\n")
                 }
             },
-            _ => {
-                head.body = BodyKind::Streamed { length };
-                streamed = Some(body);
-            }
+            _ => streamed = Some(body),
         }
     }
+    let head = Head {
+        parts: &parts,
+        peer: peer.to_string(),
+        inline: inline.as_deref(),
+        streamed: streamed.is_some(),
+        length,
+    };
     // A request can be replayed on another worker only if its body is not a stream
     // we have already begun to consume.
     let retryable = cfg.retry_idempotent && streamed.is_none() && idempotent(&parts.method);
-    let path = parts.uri.path().to_owned();
+    let path = parts.uri.path();
 
     let mut avoid: Option<Arc<Channel>> = None;
     let mut attempts = 0;
@@ -81,15 +73,28 @@ pub async fn handle(
             Err(NoSlot::TimedOut) => return unavailable("no worker became free in time\n"),
         };
         let channel = lease.channel().clone();
-        let Some(exchange) = channel.register(lease, &head.method, &path) else {
+        let Some(exchange) = channel.register(lease, &parts.method, &parts.uri, head.streamed)
+        else {
             // The worker died between lease and registration: nothing was sent.
             avoid = Some(channel);
             continue;
         };
         let id = exchange.id;
-        let mut msg = head.clone();
-        msg.id = id;
-        channel.send(MasterMsg::RequestHead(msg));
+        match head.encode(id, channel.max_frame) {
+            Ok(frame) => channel.send_frame(frame),
+            Err(e) => {
+                // Only a misconfiguration gets here: `Config::check` sizes frames for any head.
+                channel.refuse(id);
+                tracing::error!(
+                    "{} {path}: the request head does not fit in a frame: {e}",
+                    parts.method
+                );
+                return error(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request head too large\n",
+                );
+            }
+        }
         let mut guard = CancelGuard {
             channel: channel.clone(),
             id,
@@ -97,12 +102,12 @@ pub async fn handle(
         };
 
         let (too_large_tx, too_large) = oneshot::channel();
-        if let Some(body) = streamed.take() {
+        if let (Some(body), Some(window)) = (streamed.take(), exchange.send_window) {
             tokio::spawn(pump(
                 body,
                 channel.clone(),
                 id,
-                exchange.send_window.clone(),
+                window,
                 cfg.max_body_size,
                 too_large_tx,
             ));
@@ -117,7 +122,7 @@ pub async fn handle(
                     worker = channel.index,
                     pid = channel.pid,
                     "{} {path} timed out after {:?}",
-                    head.method,
+                    parts.method,
                     cfg.request_timeout
                 );
                 return error(
@@ -126,11 +131,11 @@ pub async fn handle(
                 );
             }
             Ok(Ok(Ok(start))) => {
-                let terminal = !matches!(start.body, BodyKind::Streamed { .. });
-                if terminal {
+                if start.stream.is_none() {
+                    // Finished: nothing left to cancel.
                     guard.armed = false;
                 }
-                return respond(start, exchange.body, guard);
+                return respond(start, guard);
             }
             Ok(Ok(Err(lost))) => lost,
             Ok(Err(_)) => Lost::WorkerGone,
@@ -140,7 +145,7 @@ pub async fn handle(
             Lost::WorkerGone if retryable && attempts < 2 => {
                 tracing::info!(
                     "retrying {} {path} on another worker: worker {} died",
-                    head.method,
+                    parts.method,
                     channel.index
                 );
                 avoid = Some(channel);
@@ -149,13 +154,13 @@ pub async fn handle(
                 return error(
                     StatusCode::BAD_GATEWAY,
                     "the worker died while handling the request\n",
-                )
+                );
             }
             Lost::Failed(reason) => {
                 tracing::warn!(
                     worker = channel.index,
                     "{} {path} failed in the worker: {reason}",
-                    head.method
+                    parts.method
                 );
                 return error(
                     StatusCode::BAD_GATEWAY,
@@ -163,6 +168,64 @@ pub async fn handle(
                 );
             }
         }
+    }
+}
+
+/// What a request's head frame is made of, borrowed from hyper's request: encoding
+/// copies each header once, into the frame, with no buffer per header on the way.
+pub struct Head<'a> {
+    pub parts: &'a http::request::Parts,
+    /// The client's address, `ip:port`.
+    pub peer: String,
+    /// A body small enough to ride in the head frame.
+    pub inline: Option<&'a [u8]>,
+    /// The body follows as chunks (then `inline` is `None`).
+    pub streamed: bool,
+    /// The body's declared length, if any.
+    pub length: Option<u64>,
+}
+
+impl Head<'_> {
+    /// The framed `RequestHead` for request `id`.
+    pub fn encode(&self, id: u64, max_frame: usize) -> Result<bytes::Bytes, ProtocolError> {
+        let parts = self.parts;
+        let target = match parts.uri.path_and_query() {
+            Some(pq) if parts.uri.scheme().is_none() => pq.as_str().to_owned(),
+            _ => parts.uri.to_string(),
+        };
+        let head = RequestHead {
+            id,
+            method: parts.method.as_str().to_owned(),
+            target,
+            version: version(parts.version),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| Header {
+                    name: n.as_str().as_bytes(),
+                    value: v.as_bytes(),
+                })
+                .collect(),
+            peer: self.peer.clone(),
+            body: match (self.inline, self.streamed) {
+                (Some(b), _) => BodyKind::Inline(b),
+                (None, true) => BodyKind::Streamed {
+                    length: self.length,
+                },
+                (None, false) => BodyKind::Empty,
+            },
+        };
+        let size = 128
+            + head.target.len()
+            + self.inline.map_or(0, <[u8]>::len)
+            + head
+                .headers
+                .iter()
+                .map(|h| 16 + h.name.len() + h.value.len())
+                .sum::<usize>();
+        let mut buf = bytes::BytesMut::with_capacity(size);
+        frame::encode_request_head(&head, &mut buf, max_frame)?;
+        Ok(buf.freeze())
     }
 }
 
@@ -236,11 +299,7 @@ fn hop_by_hop(name: &[u8]) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-fn respond(
-    start: crate::channel::Start,
-    rx: tokio::sync::mpsc::UnboundedReceiver<crate::channel::Piece>,
-    guard: CancelGuard,
-) -> Response<ResponseBody> {
+fn respond(start: crate::channel::Start, guard: CancelGuard) -> Response<ResponseBody> {
     let Ok(status) = StatusCode::from_u16(start.status) else {
         return error(
             StatusCode::BAD_GATEWAY,
@@ -274,6 +333,12 @@ fn respond(
         BodyKind::Empty => ResponseBody::empty(),
         BodyKind::Inline(b) => ResponseBody::full(b),
         BodyKind::Streamed { length } => {
+            let Some(rx) = start.stream else {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "the worker's response stream is missing\n",
+                );
+            };
             let credit_every = (DEFAULT_INITIAL_WINDOW / 4).max(1);
             ResponseBody::Stream(Stream {
                 rx,

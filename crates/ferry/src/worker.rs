@@ -20,7 +20,7 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::channel::{self, Channel};
+use crate::channel::{self, Channel, Outgoing, OutgoingCodec};
 use crate::master::Ctx;
 use crate::slot::Trigger;
 use crate::spawn::Spawned;
@@ -75,7 +75,7 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
     let (read, write) = channel.into_split();
     let max_frame = cfg.max_frame_size as usize;
     let mut reader = FramedRead::new(read, MasterCodec::new(max_frame));
-    let mut writer = FramedWrite::new(write, MasterCodec::new(max_frame));
+    let mut writer = FramedWrite::new(write, OutgoingCodec(MasterCodec::new(max_frame)));
 
     let first = tokio::select! {
         r = tokio::time::timeout(cfg.start_timeout, reader.next()) => r,
@@ -125,7 +125,10 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
         max_in_flight: cfg.concurrency,
         initial_window: DEFAULT_INITIAL_WINDOW,
     };
-    if let Err(e) = writer.send(MasterMsg::Welcome(welcome.clone())).await {
+    if let Err(e) = writer
+        .send(Outgoing::Msg(MasterMsg::Welcome(welcome.clone())))
+        .await
+    {
         kill_group(pid);
         let _ = child.wait().await;
         ctx.forget_pid(pid);
@@ -136,7 +139,7 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
     writer.set_backpressure_boundary(256 * 1024);
     let (queue, rx) = mpsc::unbounded_channel();
     let channel = Channel::new(index, pid, queue, &hello, &welcome);
-    tokio::spawn(channel::write_loop(rx, writer, Arc::downgrade(&channel)));
+    tokio::spawn(channel::write_loop(rx, writer));
     let limit = (cfg.concurrency.min(hello.max_in_flight).max(1)) as usize;
     tracing::info!(worker = index, pid, sdk = %format!("{} {}", hello.sdk_name, hello.sdk_version), "worker started");
     Ok(Live {
