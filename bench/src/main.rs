@@ -368,9 +368,9 @@ fn spec<'a>(
     }
 }
 
-fn progress(tag: &str, sys: Sys, o: &wrk::Outcome) {
+fn progress(tag: &str, sys: Sys, o: &wrk::Outcome, nice_pct: f64) {
     say(format!(
-        "[{tag}] {:<6} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>9.1} µs{}",
+        "[{tag}] {:<6} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>9.1} µs{}{}",
         sys.name(),
         o.rps,
         o.p50_us,
@@ -382,11 +382,16 @@ fn progress(tag: &str, sys: Sys, o: &wrk::Outcome) {
             )
         } else {
             String::new()
+        },
+        if nice_pct > 2.0 {
+            format!("  [niced processes took {nice_pct:.0}% of the CPU]")
+        } else {
+            String::new()
         }
     ));
 }
 
-fn run_modes(env: &Env, opts: &Opts, warnings: &mut Vec<String>) -> Vec<Run> {
+fn run_modes(env: &Env, opts: &Opts, warnings: &mut Vec<String>, noise: &mut Noise) -> Vec<Run> {
     let echo = env.root.join("bench/echo.lua");
     let mut runs = Vec::new();
     for &mode in &opts.modes {
@@ -454,9 +459,9 @@ fn run_modes(env: &Env, opts: &Opts, warnings: &mut Vec<String>) -> Vec<Run> {
                             continue;
                         }
                         let s = spec(&echo, r.server.port, w, c, opts.secs, pinned);
-                        match wrk::run(&s) {
-                            Ok(out) => {
-                                progress(&tag, r.sys, &out);
+                        match measured_run(&s, noise) {
+                            Ok((out, nice_pct, steal_pct)) => {
+                                progress(&tag, r.sys, &out, nice_pct);
                                 if out.socket_errors + out.non_2xx > 0 {
                                     warn(
                                         warnings,
@@ -475,6 +480,8 @@ fn run_modes(env: &Env, opts: &Opts, warnings: &mut Vec<String>) -> Vec<Run> {
                                     round,
                                     sys: r.sys,
                                     out,
+                                    nice_pct,
+                                    steal_pct,
                                 });
                             }
                             Err(e) => warn(warnings, format!("[{tag}] {}: {e}", r.sys.name())),
@@ -700,9 +707,9 @@ fn run_ipc(env: &Env, warnings: &mut Vec<String>) -> Ipc {
 }
 
 /// Fuzzers and compilers running right now (the benchmark wants an idle machine).
-fn busy() -> Vec<String> {
+fn busy() -> Vec<&'static str> {
     let me = std::process::id().to_string();
-    let (mut fuzz, mut rustc) = (Vec::new(), 0);
+    let (mut fuzz, mut rustc) = (false, false);
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
@@ -714,19 +721,56 @@ fn busy() -> Vec<String> {
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
         let argv0 = cmdline.split_whitespace().next().unwrap_or("");
         if argv0.rsplit('/').next() == Some("rustc") {
-            rustc += 1;
+            rustc = true;
         } else if cmdline.contains("fuzz") {
-            fuzz.push(name);
+            fuzz = true;
         }
     }
     let mut out = Vec::new();
-    if !fuzz.is_empty() {
-        out.push(format!("fuzzer running, pids {}", fuzz.join(", ")));
+    if fuzz {
+        out.push("a fuzzer was running");
     }
-    if rustc > 0 {
-        out.push(format!("{rustc} rustc process(es) compiling"));
+    if rustc {
+        out.push("rustc was compiling");
     }
     out
+}
+
+/// Watches for other work on the machine around each measurement.
+#[derive(Default)]
+struct Noise {
+    seen: Vec<&'static str>,
+}
+
+impl Noise {
+    fn check(&mut self) {
+        for b in busy() {
+            if !self.seen.contains(&b) {
+                self.seen.push(b);
+            }
+        }
+    }
+}
+
+/// Runs wrk, noting what else the machine did meanwhile: the share of all CPU time
+/// taken by niced processes (a fuzzer or build at nice 19) and stolen by the host.
+fn measured_run(spec: &wrk::Spec, noise: &mut Noise) -> Result<(wrk::Outcome, f64, f64), String> {
+    noise.check();
+    let before = server::cpu_times();
+    let out = wrk::run(spec)?;
+    let after = server::cpu_times();
+    noise.check();
+    let (nice, steal) = match (before, after) {
+        (Some(b), Some(a)) if a.total > b.total => {
+            let total = (a.total - b.total) as f64;
+            (
+                (a.nice - b.nice) as f64 * 100.0 / total,
+                (a.steal - b.steal) as f64 * 100.0 / total,
+            )
+        }
+        _ => (0.0, 0.0),
+    };
+    Ok((out, nice, steal))
 }
 
 fn utc_now() -> String {
@@ -794,7 +838,10 @@ fn meta(env: &Env, opts: &Opts, args: &[String]) -> Meta {
         secs: opts.secs,
         modes: opts.modes.clone(),
         loadavg,
-        busy: busy(),
+        busy: Vec::new(),
+        nice_median: 0.0,
+        nice_max: 0.0,
+        steal_max: 0.0,
         elapsed_secs: 0,
     }
 }
@@ -856,10 +903,11 @@ fn main() {
         work,
     };
     let mut meta = meta(&env, &opts, &args);
-    if !meta.busy.is_empty() {
+    let now = busy();
+    if !now.is_empty() {
         say(format!(
             "the machine is busy ({}): numbers will be noisy",
-            meta.busy.join("; ")
+            now.join("; ")
         ));
     }
     let per_mode = CONNS.len() * (Sys::ALL.len() + 2) * opts.rounds;
@@ -873,22 +921,20 @@ fn main() {
     ));
     let started = Instant::now();
     let mut warnings = Vec::new();
-    let runs = run_modes(&env, &opts, &mut warnings);
+    let mut noise = Noise::default();
+    let runs = run_modes(&env, &opts, &mut warnings, &mut noise);
     let ipc = if opts.ipc {
         run_ipc(&env, &mut warnings)
     } else {
         Ipc::default()
     };
     meta.elapsed_secs = started.elapsed().as_secs();
-    for b in busy() {
-        if !meta
-            .busy
-            .iter()
-            .any(|x| x.split(',').next() == b.split(',').next())
-        {
-            meta.busy.push(format!("{b} (at the end)"));
-        }
-    }
+    noise.check();
+    meta.busy = noise.seen.iter().map(|s| s.to_string()).collect();
+    let nice: Vec<f64> = runs.iter().map(|r| r.nice_pct).collect();
+    meta.nice_median = report::median(nice.clone()).unwrap_or(0.0);
+    meta.nice_max = nice.iter().copied().fold(0.0, f64::max);
+    meta.steal_max = runs.iter().map(|r| r.steal_pct).fold(0.0, f64::max);
     println!("{}", report::render(&meta, &runs, &ipc, &warnings, false));
     let path = opts
         .results

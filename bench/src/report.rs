@@ -13,6 +13,10 @@ pub struct Run {
     pub round: usize,
     pub sys: Sys,
     pub out: crate::wrk::Outcome,
+    /// Share of the machine's CPU time taken by niced processes during the run (%).
+    pub nice_pct: f64,
+    /// Share of the machine's CPU time stolen by the hypervisor during the run (%).
+    pub steal_pct: f64,
 }
 
 /// Context switches and CPU of a server's process tree during one untraced wrk run.
@@ -60,8 +64,12 @@ pub struct Meta {
     pub secs: u64,
     pub modes: Vec<Mode>,
     pub loadavg: String,
-    /// Other work seen on the machine at start (fuzzers, compilers).
+    /// Other work seen on the machine around the measurements (fuzzers, compilers).
     pub busy: Vec<String>,
+    /// Niced CPU share during wrk runs (%), median and max; steal share, max.
+    pub nice_median: f64,
+    pub nice_max: f64,
+    pub steal_max: f64,
     pub elapsed_secs: u64,
 }
 
@@ -69,6 +77,11 @@ impl Meta {
     /// Whether these numbers should not be quoted.
     pub fn smoke(&self) -> bool {
         self.rounds < 3 || self.secs < 5
+    }
+
+    /// Whether other work competed with the measurements.
+    pub fn noisy(&self) -> bool {
+        !self.busy.is_empty() || self.nice_max > 2.0 || self.steal_max > 2.0
     }
 }
 
@@ -298,11 +311,19 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
             meta.rounds, meta.secs
         );
     }
-    if !meta.busy.is_empty() {
+    if meta.noisy() {
+        let mut what = meta.busy.clone();
+        what.push(format!(
+            "niced processes took median {:.1}%, max {:.1}% of all CPU time during the wrk runs",
+            meta.nice_median, meta.nice_max
+        ));
+        if meta.steal_max > 2.0 {
+            what.push(format!("up to {:.1}% steal", meta.steal_max));
+        }
         let _ = writeln!(
             w,
-            "> **The machine was busy when this run started** ({}): numbers are noisy, not for quoting.\n",
-            meta.busy.join("; ")
+            "> **Other work ran on the machine during this run** ({}): numbers are noisy, not for quoting.\n",
+            what.join("; ")
         );
     }
     let _ = writeln!(w, "- Date: {}", meta.date);
@@ -337,6 +358,18 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
     );
     let _ = writeln!(
         w,
+        "- Other work during the wrk runs: niced processes (e.g. a fuzzer or build at nice 19) took median {:.1}%, max {:.1}% of all CPU time; steal max {:.1}%{}",
+        meta.nice_median,
+        meta.nice_max,
+        meta.steal_max,
+        if meta.busy.is_empty() {
+            String::new()
+        } else {
+            format!("; seen: {}", meta.busy.join(", "))
+        }
+    );
+    let _ = writeln!(
+        w,
         "- Systems: **direct** = `ferry-testbed --direct --threads 2` (hyper, no master: the ceiling); \
          **ferry** = `ferry --workers 2 -- ferry-testbed`; **node** = `node bench/node-cluster.js` (node:cluster, 2 workers, hello only)."
     );
@@ -360,7 +393,7 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
         };
         let _ = writeln!(w, "| {} | {} | {status} |", t.what, t.measured);
     }
-    if meta.smoke() || !meta.busy.is_empty() {
+    if meta.smoke() || meta.noisy() {
         let _ = writeln!(
             w,
             "\n(Smoke/noisy run: the statuses above are indicative only.)"
@@ -436,13 +469,13 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
         let _ = writeln!(w, "\n<details><summary>Every wrk run</summary>\n");
         let _ = writeln!(
             w,
-            "| mode | workload | c | round | system | req/s | p50 | p99 | requests | socket errors | non-2xx |"
+            "| mode | workload | c | round | system | req/s | p50 | p99 | requests | socket errors | non-2xx | niced CPU % | steal % |"
         );
-        let _ = writeln!(w, "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(w, "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|");
         for r in runs {
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
                 r.mode.name(),
                 r.workload.name(),
                 r.conns,
@@ -453,7 +486,9 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
                 fmt_us(r.out.p99_us),
                 r.out.requests,
                 r.out.socket_errors,
-                r.out.non_2xx
+                r.out.non_2xx,
+                r.nice_pct,
+                r.steal_pct
             );
         }
         let _ = writeln!(w, "\n</details>");
@@ -611,6 +646,8 @@ mod tests {
                 requests: 10,
                 ..Outcome::default()
             },
+            nice_pct: 0.0,
+            steal_pct: 0.0,
         }
     }
 

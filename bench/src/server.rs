@@ -401,6 +401,33 @@ pub fn clock_ticks_per_sec() -> u64 {
     }
 }
 
+/// Machine-wide CPU time from the first line of /proc/stat, in clock ticks.
+pub struct CpuTimes {
+    /// User time of niced processes.
+    pub nice: u64,
+    /// Time the hypervisor gave our virtual CPUs to someone else.
+    pub steal: u64,
+    pub total: u64,
+}
+
+pub fn cpu_times() -> Option<CpuTimes> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    // "cpu  user nice system idle iowait irq softirq steal guest guest_nice"
+    let f: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    Some(CpuTimes {
+        nice: *f.get(1)?,
+        steal: f.get(7).copied().unwrap_or(0),
+        // guest and guest_nice are already counted in user and nice.
+        total: f.iter().take(8).sum(),
+    })
+}
+
 /// The CPUs a process may run on (`Cpus_allowed_list`, e.g. "1" or "0-1").
 pub fn cpus_allowed(pid: i32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
