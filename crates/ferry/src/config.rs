@@ -107,7 +107,8 @@ pub struct Config {
     #[arg(long, env = "FERRY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
 
-    /// Largest frame on a worker channel, either direction.
+    /// Largest frame on a worker channel, either direction. Must hold any request head
+    /// the header limits allow plus a 64 KiB inline body.
     #[arg(long, env = "FERRY_MAX_FRAME_SIZE", default_value = "1MiB", value_parser = bytes)]
     pub max_frame_size: u64,
 
