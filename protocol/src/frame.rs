@@ -7,8 +7,11 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::message::{MasterMsg, RequestHead, WorkerMsg};
+use crate::message::{BytesRef, MasterMsg, RequestHead, WorkerMsg};
 use crate::{wire, ProtocolError, LENGTH_PREFIX};
+
+/// Spare room kept in a read buffer that waits for the rest of a frame.
+const READ_AHEAD: usize = 64 * 1024;
 
 /// Splits one whole frame's payload off the front of `src`.
 ///
@@ -32,7 +35,10 @@ pub fn split_frame(
         return Err(ProtocolError::EmptyFrame);
     }
     if src.len() < LENGTH_PREFIX + len {
-        src.reserve(LENGTH_PREFIX + len - src.len());
+        // Room for the rest of this frame and then some: reserving only the missing
+        // bytes would make the next read stop exactly at this frame's end, one read
+        // per frame, and lose the batching of many frames per read.
+        src.reserve((LENGTH_PREFIX + len - src.len()).max(READ_AHEAD));
         return Ok(None);
     }
     src.advance(LENGTH_PREFIX);
@@ -56,21 +62,21 @@ pub fn encode_worker(
 ///
 /// ```
 /// use bytes::BytesMut;
-/// use ferry_protocol::{frame, BodyKind, Header, HttpVersion, RequestHead};
+/// use ferry_protocol::{frame, BodyKind, BytesRef, Header, HttpVersion, RequestHead};
 /// let head = RequestHead {
 ///     id: 1,
 ///     method: "GET".into(),
 ///     target: "/".into(),
 ///     version: HttpVersion::Http11,
-///     headers: vec![Header { name: &b"host"[..], value: &b"x"[..] }],
+///     headers: vec![Header { name: BytesRef(b"host"), value: BytesRef(b"x") }],
 ///     peer: "127.0.0.1:1".into(),
 ///     body: BodyKind::Empty,
 /// };
 /// let mut buf = BytesMut::new();
 /// frame::encode_request_head(&head, &mut buf, 1 << 20).unwrap();
 /// ```
-pub fn encode_request_head<B: AsRef<[u8]> + serde::Serialize>(
-    head: &RequestHead<B>,
+pub fn encode_request_head(
+    head: &RequestHead<BytesRef<'_>>,
     dst: &mut BytesMut,
     max_frame_size: usize,
 ) -> Result<(), ProtocolError> {

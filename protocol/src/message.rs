@@ -26,6 +26,25 @@ impl Header {
     }
 }
 
+/// A borrowed byte string that serializes as one byte string. (serde serializes a
+/// plain `&[u8]` as a sequence of `u8`: the same bytes on the wire, but one write call
+/// per byte.) The byte type of a borrowed [`RequestHead`] for
+/// [`frame::encode_request_head`](crate::frame::encode_request_head).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BytesRef<'a>(pub &'a [u8]);
+
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+impl AsRef<[u8]> for BytesRef<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.0
+    }
+}
+
 /// How a message's body travels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BodyKind<B = Bytes> {

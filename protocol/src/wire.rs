@@ -91,13 +91,10 @@ pub(crate) fn put_worker(msg: &WorkerMsg, dst: &mut BytesMut) {
     }
 }
 
-/// Appends the payload of a `RequestHead` whose byte fields are of any serializable
-/// byte type (`&[u8]` borrowed from an `http::HeaderMap`, say): the same bytes as the
-/// owned form, without first copying every header into its own buffer.
-pub(crate) fn put_request_head<B: AsRef<[u8]> + Serialize>(
-    head: &RequestHead<B>,
-    dst: &mut BytesMut,
-) {
+/// Appends the payload of a `RequestHead` whose byte fields are borrowed (from an
+/// `http::HeaderMap`, say): the same bytes as the owned form, without first copying
+/// every header into its own buffer.
+pub(crate) fn put_request_head(head: &RequestHead<BytesRef<'_>>, dst: &mut BytesMut) {
     put(dst, tag::REQUEST_HEAD, head);
 }
 

@@ -135,6 +135,19 @@ fn zero_length_frame_is_refused() {
 }
 
 #[test]
+fn a_partial_frame_leaves_room_to_read_past_it() {
+    // Only the prefix of a 5000-byte frame has arrived: the buffer must make room for
+    // more than the rest of it, so one read can also take the frames behind it.
+    let mut src = BytesMut::from(&5000u32.to_be_bytes()[..]);
+    assert!(split_frame(&mut src, MAX).unwrap().is_none());
+    assert!(
+        src.capacity() - src.len() > 5000 + 4096,
+        "spare room {}",
+        src.capacity() - src.len()
+    );
+}
+
+#[test]
 fn partial_frames_wait_for_more() {
     let mut src = BytesMut::from(&[0, 0, 0][..]);
     assert!(split_frame(&mut src, MAX).unwrap().is_none());
@@ -352,14 +365,14 @@ fn borrowed_request_head_encodes_exactly_like_the_owned_one() {
                 .headers
                 .iter()
                 .map(|h| Header {
-                    name: &h.name[..],
-                    value: &h.value[..],
+                    name: BytesRef(&h.name),
+                    value: BytesRef(&h.value),
                 })
                 .collect(),
             peer: owned.peer.clone(),
             body: match &owned.body {
                 BodyKind::Empty => BodyKind::Empty,
-                BodyKind::Inline(b) => BodyKind::Inline(&b[..]),
+                BodyKind::Inline(b) => BodyKind::Inline(BytesRef(b)),
                 BodyKind::Streamed { length } => BodyKind::Streamed { length: *length },
             },
         };
@@ -377,11 +390,11 @@ fn borrowed_request_head_encodes_exactly_like_the_owned_one() {
         target: "/".into(),
         version: HttpVersion::Http11,
         headers: vec![Header {
-            name: &b"x"[..],
-            value: &big[..],
+            name: BytesRef(b"x"),
+            value: BytesRef(&big),
         }],
         peer: String::new(),
-        body: BodyKind::<&[u8]>::Empty,
+        body: BodyKind::<BytesRef>::Empty,
     };
     let mut buf = BytesMut::new();
     assert!(matches!(

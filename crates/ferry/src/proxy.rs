@@ -202,13 +202,13 @@ impl Head<'_> {
                 .headers
                 .iter()
                 .map(|(n, v)| Header {
-                    name: n.as_str().as_bytes(),
-                    value: v.as_bytes(),
+                    name: BytesRef(n.as_str().as_bytes()),
+                    value: BytesRef(v.as_bytes()),
                 })
                 .collect(),
             peer: self.peer.clone(),
             body: match (self.inline, self.streamed) {
-                (Some(b), _) => BodyKind::Inline(b),
+                (Some(b), _) => BodyKind::Inline(BytesRef(b)),
                 (None, true) => BodyKind::Streamed {
                     length: self.length,
                 },
@@ -221,7 +221,7 @@ impl Head<'_> {
             + head
                 .headers
                 .iter()
-                .map(|h| 16 + h.name.len() + h.value.len())
+                .map(|h| 16 + h.name.0.len() + h.value.0.len())
                 .sum::<usize>();
         let mut buf = bytes::BytesMut::with_capacity(size);
         frame::encode_request_head(&head, &mut buf, max_frame)?;
