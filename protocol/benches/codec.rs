@@ -10,6 +10,11 @@
 //!   the data (checked once before timing: the data points into the read buffer).
 //!
 //! `cargo bench -p ferry-protocol --bench codec [-- --measurement-time 3 --warm-up-time 1]`
+//!
+//! Figures on 2026-11-21 (2 shared cores, load about 2, `nice -n 19`, criterion medians):
+//! encode+decode 734 ns, encode 155 ns, decode 550 ns, encode_borrowed 154 ns (2.4 µs
+//! before `BytesRef`, when serde wrote a `&[u8]` one byte at a time), 64 KiB chunk
+//! decode 36 ns (no copy: the cost does not depend on the chunk size).
 
 use std::hint::black_box;
 
