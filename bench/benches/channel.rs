@@ -1,3 +1,0 @@
-//! Criterion benchmark of the worker channel: placeholder, to be filled in.
-
-fn main() {}
