@@ -82,36 +82,28 @@ async fn kill_9_of_a_worker_holding_ten_requests() {
     .await;
 }
 
+/// Sends `GET path` from a thread of its own (the test's runtime is busy waiting for
+/// the ten requests). The request itself is idempotent, so it is retried on the
+/// replacement, which is not the targeted pid and answers 200.
+fn get_in_background(f: &Ferry, path: String) {
+    let addr = f.addr;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(get(addr, &path)).status, StatusCode::OK);
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_route_behaves_like_kill_9() {
-    ten_in_flight_then(|f, pid| {
-        let addr = f.addr;
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            // The /crash GET itself is retried on the replacement, which is not `pid`.
-            let r = rt.block_on(get(addr, &format!("/crash?pid={pid}")));
-            assert_eq!(r.status, StatusCode::OK);
-        });
-    })
-    .await;
+    ten_in_flight_then(|f, pid| get_in_background(f, format!("/crash?pid={pid}"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_route_behaves_like_kill_9() {
-    ten_in_flight_then(|f, pid| {
-        let addr = f.addr;
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(get(addr, &format!("/exit?code=3&pid={pid}")));
-        });
-    })
-    .await;
+    ten_in_flight_then(|f, pid| get_in_background(f, format!("/exit?code=3&pid={pid}"))).await;
 }
 
 #[tokio::test]

@@ -97,22 +97,7 @@ fn request_head(c: &mut Criterion) {
     let MasterMsg::RequestHead(owned) = &msg else {
         unreachable!()
     };
-    let borrowed = RequestHead {
-        id: owned.id,
-        method: owned.method.clone(),
-        target: owned.target.clone(),
-        version: owned.version,
-        headers: owned
-            .headers
-            .iter()
-            .map(|h| Header {
-                name: BytesRef(&h.name),
-                value: BytesRef(&h.value),
-            })
-            .collect(),
-        peer: owned.peer.clone(),
-        body: BodyKind::<BytesRef>::Empty,
-    };
+    let borrowed = owned.borrowed();
     let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
     encode_master(&msg, &mut a, MAX).unwrap();
     encode_request_head(&borrowed, &mut b, MAX).unwrap();

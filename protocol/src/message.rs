@@ -155,6 +155,41 @@ pub struct RequestHead<B = Bytes> {
     pub body: BodyKind<B>,
 }
 
+impl RequestHead {
+    /// The same head with its byte fields borrowed, for
+    /// [`frame::encode_request_head`](crate::frame::encode_request_head).
+    ///
+    /// ```
+    /// # use ferry_protocol::*;
+    /// # let head = RequestHead { id: 1, method: "GET".into(), target: "/".into(), version: HttpVersion::Http11,
+    /// #     headers: vec![Header::new("host", "x")], peer: String::new(), body: BodyKind::Empty };
+    /// let borrowed: RequestHead<BytesRef> = head.borrowed();
+    /// assert_eq!(borrowed.headers[0].name, BytesRef(b"host"));
+    /// ```
+    pub fn borrowed(&self) -> RequestHead<BytesRef<'_>> {
+        RequestHead {
+            id: self.id,
+            method: self.method.clone(),
+            target: self.target.clone(),
+            version: self.version,
+            headers: self
+                .headers
+                .iter()
+                .map(|h| Header {
+                    name: BytesRef(&h.name),
+                    value: BytesRef(&h.value),
+                })
+                .collect(),
+            peer: self.peer.clone(),
+            body: match &self.body {
+                BodyKind::Empty => BodyKind::Empty,
+                BodyKind::Inline(b) => BodyKind::Inline(BytesRef(b)),
+                BodyKind::Streamed { length } => BodyKind::Streamed { length: *length },
+            },
+        }
+    }
+}
+
 /// Request `id` is no longer wanted: the client left or the request timed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancel {

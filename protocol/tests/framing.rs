@@ -356,26 +356,7 @@ fn borrowed_request_head_encodes_exactly_like_the_owned_one() {
         let MasterMsg::RequestHead(owned) = msg else {
             continue;
         };
-        let borrowed = RequestHead {
-            id: owned.id,
-            method: owned.method.clone(),
-            target: owned.target.clone(),
-            version: owned.version,
-            headers: owned
-                .headers
-                .iter()
-                .map(|h| Header {
-                    name: BytesRef(&h.name),
-                    value: BytesRef(&h.value),
-                })
-                .collect(),
-            peer: owned.peer.clone(),
-            body: match &owned.body {
-                BodyKind::Empty => BodyKind::Empty,
-                BodyKind::Inline(b) => BodyKind::Inline(BytesRef(b)),
-                BodyKind::Streamed { length } => BodyKind::Streamed { length: *length },
-            },
-        };
+        let borrowed = owned.borrowed();
         let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
         encode_request_head(&borrowed, &mut b, MAX).unwrap();
         drop(borrowed);
