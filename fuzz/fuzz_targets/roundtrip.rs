@@ -323,7 +323,8 @@ where
 
 /// The master's hot path encodes request heads from borrowed bytes
 /// (`frame::encode_request_head`): it must produce exactly what `encode_master` does
-/// for the owned message, and refuse exactly the same oversized heads.
+/// for the owned message, and refuse exactly the same oversized heads. The borrowed
+/// form is built by hand here and must equal `RequestHead::borrowed`.
 fn borrowed_head_encodes_like_owned(msg: &MasterMsg, max: usize) {
     let MasterMsg::RequestHead(h) = msg else {
         return;
@@ -348,6 +349,7 @@ fn borrowed_head_encodes_like_owned(msg: &MasterMsg, max: usize) {
             BodyKind::Streamed { length } => BodyKind::Streamed { length: *length },
         },
     };
+    assert_eq!(h.borrowed(), borrowed, "RequestHead::borrowed differs");
     let (mut owned, mut via_ref) = (BytesMut::new(), BytesMut::new());
     let a = frame::encode_master(msg, &mut owned, max);
     let b = frame::encode_request_head(&borrowed, &mut via_ref, max);
