@@ -444,6 +444,28 @@ async fn round_robin_alternates_regardless_of_load() {
 }
 
 #[tokio::test]
+async fn an_axum_router_drops_in() {
+    let example = bin("examples/axum").to_string_lossy().into_owned();
+    let f = Ferry::builder(&["--workers", "1"], &[&example]).start();
+    assert_eq!(get(f.addr, "/").await.text(), "Hello from axum!\n");
+    assert_eq!(get(f.addr, "/users/7").await.text(), "user 7\n");
+    assert_eq!(get(f.addr, "/nope").await.status, StatusCode::NOT_FOUND);
+    let body = body_for(3, 200_000);
+    let r = Conn::open(f.addr)
+        .await
+        .send(
+            Request::post("/echo")
+                .body(Full::new(body.clone()))
+                .unwrap(),
+        )
+        .await;
+    assert!(
+        r.status == StatusCode::OK && r.body == body,
+        "a streamed body through axum"
+    );
+}
+
+#[tokio::test]
 async fn direct_mode_serves_the_same_routes_without_a_master() {
     let d = Direct::start();
     let r = get(d.addr, "/").await;

@@ -21,7 +21,7 @@ pub fn bin(name: &str) -> PathBuf {
         // (a no-op when they are fresh).
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--workspace", "--bins"])
+            .args(["build", "--quiet", "--workspace", "--bins", "--examples"])
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building the binaries failed");

@@ -12,7 +12,12 @@ use tokio::sync::mpsc;
 
 use crate::session::Outbox;
 
-/// Any error a body can produce.
+/// Any error a body or a service can produce.
+///
+/// ```
+/// let e: ferry_worker::BoxError = "the database is down".into();
+/// assert_eq!(e.to_string(), "the database is down");
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body: empty, a single buffer, or a stream.
@@ -40,6 +45,11 @@ enum Kind {
 
 impl Body {
     /// A body with no bytes.
+    ///
+    /// ```
+    /// use http_body::Body as _;
+    /// assert!(ferry_worker::Body::empty().is_end_stream());
+    /// ```
     pub fn empty() -> Self {
         Body { kind: Kind::Empty }
     }
