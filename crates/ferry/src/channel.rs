@@ -27,9 +27,18 @@ use crate::pool::Lease;
 pub struct Start {
     pub status: u16,
     pub headers: Vec<Header>,
-    pub body: BodyKind,
-    /// The rest of a streamed body (`body` is `Streamed`), piece by piece.
-    pub stream: Option<mpsc::UnboundedReceiver<Piece>>,
+    pub body: StartBody,
+}
+
+/// A response's body as its head announced it.
+pub enum StartBody {
+    Empty,
+    Inline(Bytes),
+    /// The body follows piece by piece; the request is still in flight.
+    Streamed {
+        length: Option<u64>,
+        pieces: mpsc::UnboundedReceiver<Piece>,
+    },
 }
 
 /// Why a request got no response head.
@@ -303,22 +312,24 @@ impl Channel {
                 let head = e.head.take().ok_or_else(|| {
                     Violation(format!("a second ResponseHead for request {}", h.id))
                 })?;
-                let streamed = matches!(h.body, BodyKind::Streamed { .. });
-                let stream = streamed.then(|| {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    e.body = Some(tx);
-                    e.recv_window = self.recv_window as u64;
-                    rx
-                });
+                let (body, finished) = match h.body {
+                    BodyKind::Empty => (StartBody::Empty, true),
+                    BodyKind::Inline(b) => (StartBody::Inline(b), true),
+                    BodyKind::Streamed { length } => {
+                        let (tx, pieces) = mpsc::unbounded_channel();
+                        e.body = Some(tx);
+                        e.recv_window = self.recv_window as u64;
+                        (StartBody::Streamed { length, pieces }, false)
+                    }
+                };
                 let id = h.id;
                 // The receiver may be gone (client left); the Cancel is already queued.
                 let _ = head.send(Ok(Start {
                     status: h.status,
                     headers: h.headers,
-                    body: h.body,
-                    stream,
+                    body,
                 }));
-                (!streamed).then_some(id)
+                finished.then_some(id)
             }
             WorkerMsg::BodyChunk(c) => {
                 let e = t

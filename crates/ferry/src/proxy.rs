@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::body::{CancelGuard, ResponseBody, Stream};
-use crate::channel::{Channel, Lost};
+use crate::channel::{Channel, Lost, Start, StartBody};
 use crate::master::Ctx;
 use crate::pool::NoSlot;
 
@@ -131,7 +131,7 @@ pub async fn handle(
                 );
             }
             Ok(Ok(Ok(start))) => {
-                if start.stream.is_none() {
+                if !matches!(start.body, StartBody::Streamed { .. }) {
                     // Finished: nothing left to cancel.
                     guard.armed = false;
                 }
@@ -299,7 +299,7 @@ fn hop_by_hop(name: &[u8]) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-fn respond(start: crate::channel::Start, guard: CancelGuard) -> Response<ResponseBody> {
+fn respond(start: Start, guard: CancelGuard) -> Response<ResponseBody> {
     let Ok(status) = StatusCode::from_u16(start.status) else {
         return error(
             StatusCode::BAD_GATEWAY,
@@ -308,7 +308,7 @@ fn respond(start: crate::channel::Start, guard: CancelGuard) -> Response<Respons
     };
     // When we carry the body ourselves we know its length; a worker's own
     // Content-Length is kept only for bodiless responses (HEAD, 304).
-    let keep_length = matches!(start.body, BodyKind::Empty);
+    let keep_length = matches!(start.body, StartBody::Empty);
     let mut resp = Response::new(ResponseBody::empty());
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
@@ -330,15 +330,9 @@ fn respond(start: crate::channel::Start, guard: CancelGuard) -> Response<Respons
         }
     }
     *resp.body_mut() = match start.body {
-        BodyKind::Empty => ResponseBody::empty(),
-        BodyKind::Inline(b) => ResponseBody::full(b),
-        BodyKind::Streamed { length } => {
-            let Some(rx) = start.stream else {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "the worker's response stream is missing\n",
-                );
-            };
+        StartBody::Empty => ResponseBody::empty(),
+        StartBody::Inline(b) => ResponseBody::full(b),
+        StartBody::Streamed { length, pieces: rx } => {
             let credit_every = (DEFAULT_INITIAL_WINDOW / 4).max(1);
             ResponseBody::Stream(Stream {
                 rx,
