@@ -416,6 +416,109 @@ async fn kill_9_of_the_master_leaves_no_child_or_grandchild() {
     }
 }
 
+/// The race behind the test above, made deterministic: the master's exit closes the
+/// channel before the kernel sends the parent-death signal, so a worker must take its
+/// group down on EOF by itself, even though its stderr (a pipe the master read) is
+/// gone too and logging fails. Here the test is the master, by hand.
+#[test]
+fn worker_whose_master_vanishes_takes_its_group_down_on_eof() {
+    use ferry_protocol::*;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+    let (mut master, child_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&child_end);
+    let mut cmd = std::process::Command::new(testbed());
+    cmd.env("FERRY_FD", "3")
+        .env("RUST_LOG", "info")
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 clears close-on-exec on the copy, unless the two numbers are equal.
+            if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(fd, 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut worker = KillOnDrop(cmd.spawn().unwrap());
+    drop(child_end);
+    drop(worker.0.stderr.take()); // the worker's next log line meets a broken pipe
+
+    let max = 1 << 20;
+    let mut buf = bytes::BytesMut::new();
+    let mut recv = |master: &mut std::os::unix::net::UnixStream| loop {
+        if let Some(payload) = frame::split_frame(&mut buf, max).unwrap() {
+            return frame::decode_worker(payload).unwrap();
+        }
+        let mut chunk = [0u8; 4096];
+        let n = std::io::Read::read(master, &mut chunk).unwrap();
+        assert!(n > 0, "the worker closed the channel");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let send = |master: &mut std::os::unix::net::UnixStream, msg: MasterMsg| {
+        let mut out = bytes::BytesMut::new();
+        frame::encode_master(&msg, &mut out, max).unwrap();
+        std::io::Write::write_all(master, &out).unwrap();
+    };
+    assert!(matches!(recv(&mut master), WorkerMsg::Hello(_)));
+    send(
+        &mut master,
+        MasterMsg::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            worker_index: 0,
+            max_frame_size: max as u32,
+            max_in_flight: 8,
+            initial_window: 1 << 20,
+        }),
+    );
+    send(
+        &mut master,
+        MasterMsg::RequestHead(RequestHead {
+            id: 1,
+            method: "GET".into(),
+            target: "/spawn".into(),
+            version: HttpVersion::Http11,
+            headers: vec![Header::new("host", "x")],
+            peer: "127.0.0.1:1".into(),
+            body: BodyKind::Empty,
+        }),
+    );
+    let grandchild: u32 = match recv(&mut master) {
+        WorkerMsg::ResponseHead(ResponseHead {
+            status: 200,
+            body: BodyKind::Inline(pid),
+            ..
+        }) => std::str::from_utf8(&pid).unwrap().trim().parse().unwrap(),
+        other => panic!("expected /spawn's answer, got {other:?}"),
+    };
+    assert!(alive(grandchild));
+
+    drop(master);
+    let status = worker.0.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the worker should have killed its own group, but ended with {status}"
+    );
+    assert!(
+        wait_dead(grandchild, Duration::from_secs(1)),
+        "the grandchild outlived its worker"
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_recycles_one_at_a_time_without_failures() {
     let f = Ferry::testbed(&[

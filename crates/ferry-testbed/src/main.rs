@@ -57,7 +57,11 @@ fn main() -> std::io::Result<()> {
     let log = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
+        .with_target(false)
+        // Our stderr is a pipe to the master: when the master is gone, a failed write
+        // must not become a panic (the default reports it with `eprintln!`, which
+        // panics on the same broken pipe).
+        .log_internal_errors(false);
     // Under ferry the master stamps every line it relays: a second timestamp is noise.
     if std::env::var_os("FERRY_FD").is_some() {
         log.without_time().init();

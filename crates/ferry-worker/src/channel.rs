@@ -4,6 +4,7 @@
 use ferry_protocol::CHANNEL_FD_ENV;
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Takes ownership of the channel descriptor and hands it to tokio.
 pub(crate) fn from_env() -> io::Result<tokio::net::UnixStream> {
@@ -50,7 +51,30 @@ fn die_with_group_on_sigterm() {
     }
     unsafe {
         if libc::getpgrp() == libc::getpid() {
+            LEADS_GROUP.store(true, Ordering::Relaxed);
             libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// Set when this process leads its own process group, as a worker under ferry does.
+static LEADS_GROUP: AtomicBool = AtomicBool::new(false);
+
+/// The master closed the channel without a `Drain`: it died, or it is stopping this
+/// worker at once. Either way nothing may outlive us, so the whole process group
+/// goes now, this process included. The kernel's parent-death SIGTERM would do the
+/// same, but the master's exit closes its descriptors before that signal is sent:
+/// a worker that just returned from `serve` could exit first and orphan its
+/// children. Does nothing when this process does not lead its own group (run by
+/// hand, or in tests), where the group is somebody else's.
+///
+/// It logs nothing first: our stderr is a pipe the master read, and a logger that
+/// panics on the broken pipe (tracing-subscriber's default does) would end this
+/// process before the kill, orphaning the group.
+pub(crate) fn master_gone() {
+    if LEADS_GROUP.load(Ordering::Relaxed) {
+        unsafe {
+            libc::kill(0, libc::SIGKILL);
         }
     }
 }

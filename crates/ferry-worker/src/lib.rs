@@ -28,8 +28,10 @@
 //! - `Cancel` (the client left or the request timed out): the handler's future is dropped;
 //! - `Drain` (reload, recycling, shutdown): in-flight requests finish, then
 //!   [`serve`] returns `Ok(())` and your `main` exits 0;
-//! - the master going away (EOF on the channel): [`serve`] returns at once, so no
-//!   worker outlives its master;
+//! - the master going away (EOF on the channel with no `Drain` first): under ferry,
+//!   where the worker leads its own process group, the group is killed at once, this
+//!   process and everything it started included, so nothing outlives the master.
+//!   Run outside ferry (not a group leader), [`serve`] just returns `Ok(())`;
 //! - a handler panic: that request gets a 500, the process keeps serving, the panic is logged.
 //!
 //! # Threads, blocking and CPU-heavy handlers
@@ -165,7 +167,10 @@ impl Worker {
     {
         match session::run(self, svc).await? {
             session::End::Drained => tracing::info!("drained; exiting"),
-            session::End::MasterGone => tracing::info!("the master closed the channel; exiting"),
+            session::End::MasterGone => {
+                channel::master_gone();
+                tracing::info!("the master closed the channel; exiting")
+            }
         }
         Ok(())
     }

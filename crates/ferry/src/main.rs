@@ -16,6 +16,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr (`ferry ... 2>&1 | head`) must not panic whichever task logs
+        // next: the default reports a failed write with `eprintln!`, which panics.
+        .log_internal_errors(false)
         .init();
     let threads = config.threads.unwrap_or(1) as usize;
     let built = if threads == 1 {
