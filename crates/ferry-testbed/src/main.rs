@@ -43,6 +43,11 @@ impl Drop for InFlight {
     }
 }
 
+// The allocator a production worker would pick; `--direct` uses it too, so the
+// benchmark's ceiling and ferry's workers allocate alike.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::io::Result<()> {
     if let Some(marker) = std::env::var_os("FERRY_TESTBED_FAIL_IF_EXISTS") {
         if std::path::Path::new(&marker).exists() {

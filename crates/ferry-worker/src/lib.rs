@@ -37,7 +37,9 @@
 //! # Threads, blocking and CPU-heavy handlers
 //! Ferry's parallelism is processes: run one worker per core (`ferry --workers N`)
 //! and give each a single-threaded runtime (`#[tokio::main(flavor = "current_thread")]`).
-//! Heartbeats are answered on the same thread as your handlers, so a handler that
+//! A handler starts running on the task that reads the channel (most answer at once,
+//! and this saves a task per request); when it first waits it moves to a task of its
+//! own. Heartbeats are answered on the same thread as your handlers, so a handler that
 //! blocks the thread (a synchronous database driver, a long computation) stops the
 //! heartbeat too, and the master treats the worker as stuck after
 //! `--heartbeat-timeout`. For such work either

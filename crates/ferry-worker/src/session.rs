@@ -1,6 +1,7 @@
-//! One worker's life on its channel: the handshake, a reader loop that starts one
-//! task per request, and a writer task that coalesces every queued frame into one
-//! write. This module owns the table of requests in flight.
+//! One worker's life on its channel: the handshake, a reader loop that runs each
+//! request's handler (right there until it first has to wait, then as a task of its
+//! own), and a writer task that coalesces every queued frame into one write. This
+//! module owns the table of requests in flight.
 //!
 //! The table is the arbiter of the protocol's one rule for a worker: every request
 //! id gets exactly one terminal message, and nothing after it. Frames for an id are
@@ -16,6 +17,7 @@ use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -429,7 +431,9 @@ where
     let svc = svc.clone();
     let out = outbox.clone();
     let limits = *limits;
-    let task = tokio::spawn(async move {
+    // Boxed so that handing it to a task moves a pointer, not the whole state machine
+    // (several copies of a large future per request were a third of a worker's CPU).
+    let mut handling = Box::pin(async move {
         let handled = AssertUnwindSafe(async {
             // Errors become `BoxError` at once: `S::Error` need not be `Send`.
             let result = svc.oneshot(request).await.map_err(Into::<BoxError>::into);
@@ -453,6 +457,15 @@ where
             out.finish_after_panic(id);
         }
     });
+    // Most handlers answer without waiting for anything: poll once right here and
+    // spawn a task only for those that are still pending. A pending future has
+    // registered only this no-op waker, which is fine: the new task polls it again
+    // first thing, and that poll registers the task's own waker.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if handling.as_mut().poll(&mut cx).is_ready() {
+        return;
+    }
+    let task = tokio::spawn(handling);
     if let Some(a) = outbox.0.requests.lock().unwrap().get_mut(&id) {
         a.abort = Some(task.abort_handle());
     }
@@ -514,24 +527,24 @@ async fn send_response<B>(
     let status = parts.status.as_u16();
     let headers = headers_from_map(&parts.headers);
     let mut body = std::pin::pin!(body);
-    let head = |body| {
+    let head = |headers, body| {
         WorkerMsg::ResponseHead(ResponseHead {
             id,
             status,
-            headers: headers.clone(),
+            headers,
             body,
         })
     };
 
     if body.is_end_stream() {
-        out.finish(id, head(BodyKind::Empty));
+        out.finish(id, head(headers, BodyKind::Empty));
         return;
     }
     let length = body.size_hint().exact();
     // Peek at the first frame: a body that is complete after it rides inline.
     let first = match body.frame().await {
         None => {
-            out.finish(id, head(BodyKind::Empty));
+            out.finish(id, head(headers, BodyKind::Empty));
             return;
         }
         Some(Err(e)) => {
@@ -558,11 +571,11 @@ async fn send_response<B>(
             && head_size + data.len() <= limits.max_frame
         {
             let data = first.into_data().unwrap_or_default();
-            out.finish(id, head(BodyKind::Inline(data)));
+            out.finish(id, head(headers, BodyKind::Inline(data)));
             return;
         }
     }
-    if !out.send_head(id, head(BodyKind::Streamed { length })) {
+    if !out.send_head(id, head(headers, BodyKind::Streamed { length })) {
         return;
     }
     let mut next: Option<Result<http_body::Frame<Bytes>, BoxError>> = Some(Ok(first));

@@ -46,9 +46,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationT
         };
         let _ = stream.set_nodelay(true);
         let svc_ctx = ctx.clone();
+        // Formatted once per connection, not once per request.
+        let peer_text: Arc<str> = peer.to_string().into();
         let svc = service_fn(move |req| {
             let ctx = svc_ctx.clone();
-            async move { Ok::<_, Infallible>(crate::proxy::handle(req, peer, ctx).await) }
+            let peer = peer_text.clone();
+            async move { Ok::<_, Infallible>(crate::proxy::handle(req, &peer, ctx).await) }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {

@@ -10,7 +10,6 @@ use ferry_protocol::*;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{oneshot, Semaphore};
 
@@ -21,11 +20,7 @@ use crate::pool::NoSlot;
 
 use crate::config::INLINE_BODY_MAX as INLINE_MAX;
 
-pub async fn handle(
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    ctx: Arc<Ctx>,
-) -> Response<ResponseBody> {
+pub async fn handle(req: Request<Incoming>, peer: &str, ctx: Arc<Ctx>) -> Response<ResponseBody> {
     let cfg = &ctx.config;
     let length = req
         .headers()
@@ -51,7 +46,7 @@ pub async fn handle(
     }
     let head = Head {
         parts: &parts,
-        peer: peer.to_string(),
+        peer,
         inline: inline.as_deref(),
         streamed: streamed.is_some(),
         length,
@@ -176,7 +171,7 @@ pub async fn handle(
 pub struct Head<'a> {
     pub parts: &'a http::request::Parts,
     /// The client's address, `ip:port`.
-    pub peer: String,
+    pub peer: &'a str,
     /// A body small enough to ride in the head frame.
     pub inline: Option<&'a [u8]>,
     /// The body follows as chunks (then `inline` is `None`).
@@ -206,7 +201,7 @@ impl Head<'_> {
                     value: BytesRef(v.as_bytes()),
                 })
                 .collect(),
-            peer: self.peer.clone(),
+            peer: self.peer.to_owned(),
             body: match (self.inline, self.streamed) {
                 (Some(b), _) => BodyKind::Inline(BytesRef(b)),
                 (None, true) => BodyKind::Streamed {

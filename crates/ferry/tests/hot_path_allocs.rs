@@ -139,7 +139,7 @@ fn master_hot_path_allocations_per_request() {
             let a1 = allocs();
             let head = Head {
                 parts,
-                peer: String::new(),
+                peer: "",
                 inline: None,
                 streamed: false,
                 length: None,
