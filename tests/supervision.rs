@@ -291,6 +291,26 @@ async fn second_response_head_kills_only_that_worker() {
     violation("second-head", "a second ResponseHead", Client::Cut).await;
 }
 
+#[tokio::test]
+async fn body_longer_than_declared_kills_only_that_worker() {
+    violation(
+        "long-body",
+        "body chunks run past the declared length",
+        Client::Cut,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn body_shorter_than_declared_kills_only_that_worker() {
+    violation(
+        "short-body",
+        "the body ended 5 bytes short of its declared length",
+        Client::Cut,
+    )
+    .await;
+}
+
 /// Seconds since midnight of a log line's RFC 3339 timestamp.
 fn stamp(line: &str) -> f64 {
     let t = line.split('T').nth(1).unwrap();

@@ -78,6 +78,39 @@ fn main() {
                     );
                     send(&mut sock, &ok(id));
                 }
+                // A body that breaks its declared length, one way or the other.
+                "long-body" | "short-body" => {
+                    let (declared, sent) = if mode == "long-body" {
+                        (5, 10)
+                    } else {
+                        (10, 5)
+                    };
+                    send(
+                        &mut sock,
+                        &WorkerMsg::ResponseHead(ResponseHead {
+                            id,
+                            status: 200,
+                            headers: vec![],
+                            body: BodyKind::Streamed {
+                                length: Some(declared),
+                            },
+                        }),
+                    );
+                    send(
+                        &mut sock,
+                        &WorkerMsg::BodyChunk(BodyChunk {
+                            id,
+                            data: Bytes::from(vec![b'x'; sent]),
+                        }),
+                    );
+                    send(
+                        &mut sock,
+                        &WorkerMsg::BodyEnd(BodyEnd {
+                            id,
+                            trailers: vec![],
+                        }),
+                    );
+                }
                 _ => send(&mut sock, &ok(id)),
             }
             continue;

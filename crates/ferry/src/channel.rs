@@ -76,6 +76,9 @@ struct Entry {
     body: Option<mpsc::UnboundedSender<Piece>>,
     /// Response-body bytes the worker may still send before we grant more.
     recv_window: u64,
+    /// Body bytes still owed, when the worker declared the body's length: the client
+    /// was promised exactly that many in `Content-Length`.
+    owed: Option<u64>,
     send_window: Option<Arc<Semaphore>>,
     /// When we sent `Cancel`, if we did: the worker must confirm within the grace period.
     cancelled: Option<Instant>,
@@ -211,6 +214,7 @@ impl Channel {
                 head: Some(head_tx),
                 body: None,
                 recv_window: 0,
+                owed: None,
                 send_window: send_window.clone(),
                 cancelled: None,
                 method: method.clone(),
@@ -319,6 +323,7 @@ impl Channel {
                         let (tx, pieces) = mpsc::unbounded_channel();
                         e.body = Some(tx);
                         e.recv_window = self.recv_window as u64;
+                        e.owed = length;
                         (StartBody::Streamed { length, pieces }, false)
                     }
                 };
@@ -348,6 +353,14 @@ impl Channel {
                     )));
                 }
                 e.recv_window -= len;
+                if let Some(owed) = &mut e.owed {
+                    *owed = owed.checked_sub(len).ok_or_else(|| {
+                        Violation(format!(
+                            "request {}: body chunks run past the declared length",
+                            c.id
+                        ))
+                    })?;
+                }
                 let _ = body.send(Piece::Data(c.data));
                 None
             }
@@ -360,6 +373,12 @@ impl Channel {
                     .body
                     .as_ref()
                     .ok_or_else(|| not_streaming("BodyEnd", b.id))?;
+                if let Some(owed @ 1..) = e.owed {
+                    return Err(Violation(format!(
+                        "request {}: the body ended {owed} bytes short of its declared length",
+                        b.id
+                    )));
+                }
                 let _ = body.send(Piece::End(b.trailers));
                 Some(b.id)
             }
