@@ -700,3 +700,53 @@ async fn twenty_sighup_reloads_under_load_fail_nothing() {
         f.log.text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigttin_adds_a_worker_and_sigttou_drains_one_away() {
+    let dir = std::env::temp_dir().join(format!("ferry-ttin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("fail");
+    let _ = std::fs::remove_file(&marker);
+    let f = Ferry::builder(&["--workers", "1"], &[&testbed()])
+        .env("FERRY_TESTBED_FAIL_IF_EXISTS", marker.to_str().unwrap())
+        .start();
+    let first = sole_worker(&f);
+
+    // A worker that cannot start is not added, and nothing else changes.
+    std::fs::write(&marker, b"").unwrap();
+    f.signal(libc::SIGTTIN);
+    assert!(
+        f.log.wait_for("could not add a worker", WAIT).is_some(),
+        "{}",
+        f.log.text()
+    );
+    assert_eq!(f.worker_pids(), [first]);
+    std::fs::remove_file(&marker).unwrap();
+
+    f.signal(libc::SIGTTIN);
+    assert!(f.log.wait_for_nth("worker started", 2, WAIT).is_some());
+    let pids = f.worker_pids();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(pids.contains(&first));
+
+    // One slow request on each worker; the newest worker drains away, finishing its own.
+    let addr = f.addr;
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "/sleep?ms=500").await }))
+        .collect();
+    assert!(f.log.wait_for_nth("sleeping 500 ms", 2, WAIT).is_some());
+    f.signal(libc::SIGTTOU);
+    for t in slow {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    }
+    assert!(f.log.wait_for("worker removed", WAIT).is_some());
+    assert_eq!(f.worker_pids(), [first], "the newest worker went");
+
+    // Never below one worker.
+    f.signal(libc::SIGTTOU);
+    assert!(f.log.wait_for("at its minimum", WAIT).is_some());
+    assert_eq!(f.worker_pids(), [first]);
+    assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
+    assert!(!f.log.text().contains("panicked"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,8 +5,8 @@
 //! Modules, in the order a request meets them: [`front`] (HTTP), [`proxy`] (one
 //! request's exchange), [`pool`] (which worker), [`channel`] (the worker's channel),
 //! [`body`] (the response body). Workers: [`spawn`] (starting processes), [`worker`]
-//! (one process's life), [`slot`] (restarts and replacement), [`master`] (top level,
-//! signals), [`config`] (options).
+//! (one process's life), [`slot`] (restarts and replacement), [`slots`] (the set of
+//! slots: pool size, reload, stop), [`master`] (top level, signals), [`config`] (options).
 
 pub mod body;
 pub mod channel;
@@ -16,5 +16,6 @@ pub mod master;
 pub mod pool;
 pub mod proxy;
 pub mod slot;
+pub mod slots;
 pub mod spawn;
 pub mod worker;

@@ -5,18 +5,20 @@
 //! requests finish, drain the workers, exit 0; all within `--graceful-timeout`).
 //! A second one, or SIGQUIT, stops at once (workers killed, exit 1). SIGHUP replaces
 //! every worker, one at a time, each replacement ready before its predecessor drains.
+//! SIGTTIN adds a worker, SIGTTOU drains one away (`slots.rs`).
 
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::pool::Pool;
 use crate::slot::Trigger;
+use crate::slots::Slots;
 use crate::spawn::Spawner;
 
 /// What every part of the master shares.
@@ -67,13 +69,15 @@ pub async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (mut term, mut int, mut quit, mut hup) = match (
+    let (mut term, mut int, mut quit, mut hup, mut ttin, mut ttou) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::quit()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::from_raw(libc::SIGTTIN)),
+        signal(SignalKind::from_raw(libc::SIGTTOU)),
     ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
         _ => {
             eprintln!("ferry: cannot install signal handlers");
             return ExitCode::FAILURE;
@@ -89,21 +93,8 @@ pub async fn run(config: Config) -> ExitCode {
         config,
     });
 
-    let mut slots = Vec::with_capacity(workers);
-    let mut boots = Vec::with_capacity(workers);
-    for index in 0..workers {
-        let (boot, booted) = oneshot::channel();
-        let (to_slot, triggers) = mpsc::unbounded_channel();
-        tokio::spawn(crate::slot::run_slot(
-            ctx.clone(),
-            index,
-            boot,
-            triggers,
-            to_slot.clone(),
-        ));
-        slots.push(to_slot);
-        boots.push(booted);
-    }
+    let slots = Slots::new(ctx.clone());
+    let boots: Vec<_> = (0..workers).map(|_| slots.add().1).collect();
     for booted in boots {
         let failure = match booted.await {
             Ok(Ok(())) => continue,
@@ -138,6 +129,8 @@ pub async fn run(config: Config) -> ExitCode {
                 // A reload already running is followed by exactly one more.
                 reload.notify_one();
             }
+            _ = ttin.recv() => slots.grow(),
+            _ = ttou.recv() => slots.shrink(),
             _ = term.recv() => break true,
             _ = int.recv() => break true,
             _ = quit.recv() => break false,
@@ -156,16 +149,7 @@ pub async fn run(config: Config) -> ExitCode {
     shutdown.cancel();
     let stop_everything = async {
         let _ = front.await;
-        let mut acks = Vec::new();
-        for slot in &slots {
-            let (ack, acked) = oneshot::channel();
-            if slot.send(Trigger::Stop(ack)).is_ok() {
-                acks.push(acked);
-            }
-        }
-        for acked in acks {
-            let _ = acked.await;
-        }
+        slots.all_at_once(Trigger::Stop).await;
     };
     tokio::select! {
         _ = stop_everything => {
@@ -186,15 +170,10 @@ pub async fn run(config: Config) -> ExitCode {
 }
 
 /// Replaces the workers of every slot in turn, each time it is notified.
-async fn reload_loop(reload: Arc<Notify>, slots: Vec<mpsc::UnboundedSender<Trigger>>) {
+async fn reload_loop(reload: Arc<Notify>, slots: Slots) {
     loop {
         reload.notified().await;
-        for slot in &slots {
-            let (ack, acked) = oneshot::channel();
-            if slot.send(Trigger::Reload(ack)).is_ok() {
-                let _ = acked.await;
-            }
-        }
+        slots.one_by_one(Trigger::Reload).await;
         tracing::info!("reload complete");
     }
 }

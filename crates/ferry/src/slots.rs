@@ -1,0 +1,146 @@
+//! The set of slots, and so the pool's size: start the first ones, grow and shrink
+//! it while serving (SIGTTIN adds a worker, SIGTTOU drains the newest away, as in
+//! Gunicorn), reload every slot in turn (SIGHUP) and stop them all (shutdown).
+//!
+//! Slot indexes stay dense, `0..len`: a slot added gets the next index, and the one
+//! removed is always the last, so a worker's index keeps naming the same slot in
+//! logs for its whole life.
+
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::master::Ctx;
+use crate::slot::Trigger;
+use crate::worker::StartError;
+
+/// The pool never shrinks below this many workers.
+pub const MIN_WORKERS: usize = 1;
+
+#[derive(Clone)]
+pub struct Slots {
+    ctx: Arc<Ctx>,
+    list: Arc<Mutex<Vec<mpsc::UnboundedSender<Trigger>>>>,
+}
+
+impl Slots {
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        Slots {
+            ctx,
+            list: Arc::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Starts a slot at the next index; the receiver says whether its first worker
+    /// started. A slot whose first worker fails has already ended.
+    pub fn add(&self) -> (usize, oneshot::Receiver<Result<(), StartError>>) {
+        let (index, _, booted) = self.add_slot();
+        (index, booted)
+    }
+
+    fn add_slot(
+        &self,
+    ) -> (
+        usize,
+        mpsc::UnboundedSender<Trigger>,
+        oneshot::Receiver<Result<(), StartError>>,
+    ) {
+        let (boot, booted) = oneshot::channel();
+        let (to_slot, triggers) = mpsc::unbounded_channel();
+        let mut list = self.list.lock().unwrap();
+        let index = list.len();
+        tokio::spawn(crate::slot::run_slot(
+            self.ctx.clone(),
+            index,
+            boot,
+            triggers,
+            to_slot.clone(),
+        ));
+        list.push(to_slot.clone());
+        (index, to_slot, booted)
+    }
+
+    /// SIGTTIN: one more worker, ready before it takes requests like any other.
+    pub fn grow(&self) {
+        let (index, slot, booted) = self.add_slot();
+        tracing::info!(worker = index, "SIGTTIN: adding a worker");
+        let slots = self.clone();
+        tokio::spawn(async move {
+            let failure = match booted.await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "its slot ended unexpectedly".into(),
+            };
+            tracing::error!(worker = index, "could not add a worker: {failure}");
+            slots.forget(index, &slot);
+        });
+    }
+
+    /// SIGTTOU: the newest worker drains and goes (never below [`MIN_WORKERS`]).
+    pub fn shrink(&self) {
+        let (index, slot) = {
+            let mut list = self.list.lock().unwrap();
+            // Slots whose first start failed have ended already.
+            while list.last().is_some_and(|s| s.is_closed()) {
+                list.pop();
+            }
+            if list.len() <= MIN_WORKERS {
+                tracing::warn!("SIGTTOU: the pool is at its minimum of {MIN_WORKERS} worker(s)");
+                return;
+            }
+            let slot = list.pop().expect("more than the minimum");
+            (list.len(), slot)
+        };
+        tracing::info!(worker = index, "SIGTTOU: draining and removing a worker");
+        let (ack, acked) = oneshot::channel();
+        if slot.send(Trigger::Stop(ack)).is_ok() {
+            tokio::spawn(async move {
+                let _ = acked.await;
+                tracing::info!(worker = index, "worker removed");
+            });
+        }
+    }
+
+    /// Drops `slot`, whose first start failed (so it has ended), from the list if it
+    /// is still the last one there, so that the next SIGTTIN reuses its index.
+    fn forget(&self, index: usize, slot: &mpsc::UnboundedSender<Trigger>) {
+        let mut list = self.list.lock().unwrap();
+        if list.len() == index + 1 && list[index].same_channel(slot) {
+            list.pop();
+        }
+    }
+
+    /// Sends a trigger made by `make` to every slot in turn, each time waiting for
+    /// its acknowledgement before going on to the next.
+    pub async fn one_by_one(&self, make: impl Fn(oneshot::Sender<()>) -> Trigger) {
+        let list = self.list.lock().unwrap().clone();
+        for slot in list {
+            let (ack, acked) = oneshot::channel();
+            if slot.send(make(ack)).is_ok() {
+                let _ = acked.await;
+            }
+        }
+    }
+
+    /// Sends a trigger to every slot at once; resolves when all have acknowledged.
+    pub async fn all_at_once(&self, make: impl Fn(oneshot::Sender<()>) -> Trigger) {
+        let list = self.list.lock().unwrap().clone();
+        let mut acks = Vec::with_capacity(list.len());
+        for slot in list {
+            let (ack, acked) = oneshot::channel();
+            if slot.send(make(ack)).is_ok() {
+                acks.push(acked);
+            }
+        }
+        for acked in acks {
+            let _ = acked.await;
+        }
+    }
+}
