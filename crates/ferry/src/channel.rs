@@ -14,7 +14,7 @@ use ferry_protocol::codec::MasterCodec;
 use ferry_protocol::*;
 use futures_util::SinkExt;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::unix::OwnedWriteHalf;
@@ -151,6 +151,32 @@ pub struct Channel {
     served: AtomicU64,
     /// When the worker last answered a ping (or finished its handshake).
     last_pong: Mutex<Instant>,
+    /// When the handshake completed.
+    pub started: Instant,
+    /// A [`State`], for the admin endpoint.
+    state: AtomicU8,
+}
+
+/// Where a worker is in its life after the handshake, as the admin endpoint shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// In the pool, taking requests.
+    Ready = 0,
+    /// Out of the pool, finishing what it has (recycling, reload, stop).
+    Draining = 1,
+    /// Ending: its process group is being killed and reaped.
+    Stopping = 2,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Ready => "ready",
+            State::Draining => "draining",
+            State::Stopping => "stopping",
+        }
+    }
 }
 
 impl Channel {
@@ -176,6 +202,8 @@ impl Channel {
             max_frame,
             served: AtomicU64::new(0),
             last_pong: Mutex::new(Instant::now()),
+            started: Instant::now(),
+            state: AtomicU8::new(State::Ready as u8),
         })
     }
 
@@ -284,6 +312,23 @@ impl Channel {
             .values()
             .map(|e| format!("{} ({:.1?})", e.describe(), e.started.elapsed()))
             .collect()
+    }
+
+    /// Requests in flight on this worker right now.
+    pub fn in_flight(&self) -> usize {
+        self.table.lock().unwrap().entries.len()
+    }
+
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Relaxed) {
+            0 => State::Ready,
+            1 => State::Draining,
+            _ => State::Stopping,
+        }
+    }
+
+    pub fn set_state(&self, state: State) {
+        self.state.store(state as u8, Ordering::Relaxed);
     }
 
     /// How long since the worker last answered a ping.

@@ -18,6 +18,12 @@ pub struct Config {
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Address of the admin endpoint: GET /status (JSON) and /metrics (Prometheus
+    /// text) show every worker, the queue and response counts. Off unless set; it
+    /// has no authentication, so keep it on loopback or a private network.
+    #[arg(long, env = "FERRY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Number of worker processes [default: the number of CPUs].
     #[arg(long, env = "FERRY_WORKERS", value_parser = clap::value_parser!(u32).range(1..))]
     pub workers: Option<u32>,

@@ -51,7 +51,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationT
         let svc = service_fn(move |req| {
             let ctx = svc_ctx.clone();
             let peer = peer_text.clone();
-            async move { Ok::<_, Infallible>(crate::proxy::handle(req, &peer, ctx).await) }
+            async move {
+                let resp = crate::proxy::handle(req, &peer, ctx.clone()).await;
+                ctx.stats.count_response(resp.status());
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {

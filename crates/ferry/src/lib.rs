@@ -7,7 +7,9 @@
 //! [`body`] (the response body). Workers: [`spawn`] (starting processes), [`worker`]
 //! (one process's life), [`slot`] (restarts and replacement), [`slots`] (the set of
 //! slots: pool size, reload, stop), [`master`] (top level, signals), [`config`] (options).
+//! Observing it: [`stats`] (counters, live workers), [`admin`] (`/status`, `/metrics`).
 
+pub mod admin;
 pub mod body;
 pub mod channel;
 pub mod config;
@@ -18,4 +20,5 @@ pub mod proxy;
 pub mod slot;
 pub mod slots;
 pub mod spawn;
+pub mod stats;
 pub mod worker;

@@ -31,6 +31,8 @@ pub struct Ctx {
     pub recycle_lock: tokio::sync::Mutex<()>,
     /// Every worker process alive, for an immediate stop.
     pids: Mutex<HashSet<u32>>,
+    /// Counters and live workers, for the admin endpoint.
+    pub stats: crate::stats::Stats,
 }
 
 impl Ctx {
@@ -69,6 +71,16 @@ pub async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin = match config.admin_listen {
+        None => None,
+        Some(at) => match TcpListener::bind(at).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("ferry: cannot listen on {at} for the admin endpoint: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let (mut term, mut int, mut quit, mut hup, mut ttin, mut ttou) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -90,6 +102,7 @@ pub async fn run(config: Config) -> ExitCode {
         spawner: Spawner::start(tokio::runtime::Handle::current()),
         recycle_lock: tokio::sync::Mutex::new(()),
         pids: Mutex::new(HashSet::new()),
+        stats: Default::default(),
         config,
     });
 
@@ -114,6 +127,12 @@ pub async fn run(config: Config) -> ExitCode {
         .map_or_else(|_| ctx.config.listen.to_string(), |a| a.to_string());
     let shutdown = CancellationToken::new();
     let front = tokio::spawn(crate::front::serve(listener, ctx.clone(), shutdown.clone()));
+    if let Some(admin) = admin {
+        if let Ok(at) = admin.local_addr() {
+            tracing::info!("admin endpoint on http://{at} (/status, /metrics)");
+        }
+        tokio::spawn(crate::admin::serve(admin, ctx.clone()));
+    }
     tracing::info!(
         "ferry listening on http://{addr} with {workers} worker(s): {}",
         ctx.command.join(" ")

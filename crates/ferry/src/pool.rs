@@ -93,6 +93,16 @@ impl Pool {
         self.serve_waiters(&mut st, at);
     }
 
+    /// Requests waiting in the queue for a free worker slot.
+    pub fn waiting(&self) -> usize {
+        let st = self.state.lock().unwrap();
+        st.waiters.iter().filter(|w| !w.is_closed()).count()
+    }
+
+    pub fn queue_size(&self) -> usize {
+        self.queue_size
+    }
+
     /// A worker leaves the pool (it died, or is draining): no new requests go to it.
     pub fn remove(&self, channel: &Arc<Channel>) {
         let mut st = self.state.lock().unwrap();

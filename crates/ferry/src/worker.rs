@@ -176,6 +176,7 @@ pub fn launch(
     let (control, control_rx) = mpsc::unbounded_channel();
     let (done_tx, done) = oneshot::channel();
     ctx.pool.add(live.channel.clone(), live.limit);
+    ctx.stats.worker_up(&live.channel);
     tokio::spawn(async move {
         let uptime = supervise(&ctx, index, live, control_rx, recycle).await;
         let _ = done_tx.send(uptime);
@@ -236,6 +237,7 @@ async fn supervise(
             },
             Some(Control::Drain) = control.recv(), if drain_deadline.is_none() => {
                 ctx.pool.remove(&channel);
+                channel.set_state(channel::State::Draining);
                 channel.send(MasterMsg::Drain);
                 drain_deadline = Some(Instant::now() + cfg.graceful_timeout);
                 tracing::info!(worker = index, pid, in_flight = channel.describe_in_flight().len(), "draining worker");
@@ -278,6 +280,7 @@ async fn supervise(
     // One way out, whatever ended it: out of the pool, requests failed (or retried
     // elsewhere), the whole process group killed, the process reaped, one log line.
     ctx.pool.remove(&channel);
+    channel.set_state(channel::State::Stopping);
     let held = channel.describe_in_flight();
     channel.fail_all();
     if let End::Stuck(why) = &end {
@@ -318,6 +321,7 @@ async fn supervise(
     );
     let uptime = started.elapsed();
     let served = channel.served();
+    ctx.stats.worker_gone(pid);
     match end {
         End::Violation(v) => tracing::error!(
             worker = index,
@@ -356,7 +360,7 @@ async fn supervise(
 }
 
 /// Resident set size of `pid`, in bytes.
-fn rss_of(pid: u32) -> Option<u64> {
+pub fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_vm_rss(&status)
 }
