@@ -285,6 +285,39 @@ async fn panic_gives_500_and_the_same_worker_serves_on() {
     );
 }
 
+#[tokio::test]
+async fn a_body_that_lies_about_its_size_fails_only_its_own_request() {
+    let f = Ferry::testbed(&["--workers", "1"]);
+    let before = pid_in(&get(f.addr, "/pid").await.text());
+    for (bytes, claim, says) in [
+        (100_000, 200_000, "ended 100000 bytes short"),
+        (200_000, 100_000, "ran past its declared length"),
+    ] {
+        let r = Conn::open(f.addr)
+            .await
+            .try_send(
+                Request::get(format!("/stream?bytes={bytes}&claim={claim}"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await;
+        assert!(r.is_err(), "a response promised {claim} bytes must be cut");
+        assert!(f.log.wait_for(says, WAIT).is_some(), "{}", f.log.text());
+    }
+    // The SDK caught it: no protocol violation, the same worker serves on.
+    assert_eq!(pid_in(&get(f.addr, "/pid").await.text()), before);
+    assert!(
+        !f.log.text().contains("protocol violation"),
+        "{}",
+        f.log.text()
+    );
+    // An honest exact size streams as before.
+    let ok = get(f.addr, "/stream?bytes=100000&claim=100000").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.body.len(), 100_000);
+    assert_eq!(ok.headers["content-length"], "100000");
+}
+
 /// The in-flight counts the testbed reports for `n` concurrent `/sleep`s.
 async fn in_flight_seen(f: &Ferry, n: usize, ms: u32) -> Vec<u32> {
     let mut tasks = Vec::new();

@@ -438,8 +438,8 @@ async fn kill_9_of_the_master_leaves_no_child_or_grandchild() {
 
 /// The race behind the test above, made deterministic: the master's exit closes the
 /// channel before the kernel sends the parent-death signal, so a worker must take its
-/// group down on EOF by itself, even though its stderr (a pipe the master read) is
-/// gone too and logging fails. Here the test is the master, by hand.
+/// group down on EOF by itself, with its stderr (a pipe the master read) gone too.
+/// Here the test is the master, by hand.
 #[test]
 fn worker_whose_master_vanishes_takes_its_group_down_on_eof() {
     use ferry_protocol::*;
@@ -518,7 +518,14 @@ fn worker_whose_master_vanishes_takes_its_group_down_on_eof() {
     assert!(alive(grandchild));
 
     drop(master);
-    let status = worker.0.wait().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = worker.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the worker outlived its channel");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(
         status.signal(),
         Some(libc::SIGKILL),
@@ -707,9 +714,13 @@ async fn sigttin_adds_a_worker_and_sigttou_drains_one_away() {
     std::fs::create_dir_all(&dir).unwrap();
     let marker = dir.join("fail");
     let _ = std::fs::remove_file(&marker);
-    let f = Ferry::builder(&["--workers", "1"], &[&testbed()])
-        .env("FERRY_TESTBED_FAIL_IF_EXISTS", marker.to_str().unwrap())
-        .start();
+    // No retries: a worker killed instead of drained would fail its request.
+    let f = Ferry::builder(
+        &["--workers", "1", "--retry-idempotent", "false"],
+        &[&testbed()],
+    )
+    .env("FERRY_TESTBED_FAIL_IF_EXISTS", marker.to_str().unwrap())
+    .start();
     let first = sole_worker(&f);
 
     // A worker that cannot start is not added, and nothing else changes.
@@ -729,18 +740,29 @@ async fn sigttin_adds_a_worker_and_sigttou_drains_one_away() {
     assert_eq!(pids.len(), 2, "{pids:?}");
     assert!(pids.contains(&first));
 
-    // One slow request on each worker; the newest worker drains away, finishing its own.
+    // One slow request on each worker; the added worker (the last slot) drains away,
+    // finishing its own.
+    let added = *pids.iter().find(|p| **p != first).unwrap();
     let addr = f.addr;
     let slow: Vec<_> = (0..2)
         .map(|_| tokio::spawn(async move { get(addr, "/sleep?ms=500").await }))
         .collect();
     assert!(f.log.wait_for_nth("sleeping 500 ms", 2, WAIT).is_some());
     f.signal(libc::SIGTTOU);
+    let mut served_by = Vec::new();
     for t in slow {
-        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        served_by.push(pid_in(&r.text()));
     }
+    served_by.sort();
+    let mut both = vec![first, added];
+    both.sort();
+    assert_eq!(served_by, both, "one slow request on each worker");
     assert!(f.log.wait_for("worker removed", WAIT).is_some());
-    assert_eq!(f.worker_pids(), [first], "the newest worker went");
+    let drained = f.log.wait_for("worker drained", WAIT).unwrap();
+    assert!(drained.contains(&format!("pid={added}")), "{drained}");
+    assert_eq!(f.worker_pids(), [first], "the added worker went");
 
     // Never below one worker.
     f.signal(libc::SIGTTOU);

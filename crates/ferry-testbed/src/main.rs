@@ -7,7 +7,7 @@
 //! Routes: `GET /` hello; `/pid`; `POST /echo` (body back, streamed, same
 //! content-type); `/sleep?ms=N` (async wait); `/spin?ms=N` (blocks the thread);
 //! `/crash` (abort mid-request); `/panic`; `/exit?code=N`; `/stream?bytes=N`
-//! (chunked body of N bytes); `/headers` (request headers as JSON pairs);
+//! (chunked body of N bytes; with `&claim=M` its size hint says M, a lie unless M = N); `/headers` (request headers as JSON pairs);
 //! `/spawn` (starts a `sleep` grandchild in the worker's process group, returns its pid);
 //! `/big-header?bytes=N` (a response header of N bytes).
 //!
@@ -149,6 +149,7 @@ async fn route(req: Request<Body>) -> Response<Body> {
         ("GET", "/stream") => {
             let mut resp = Response::new(Body::new(Repeat {
                 left: query("bytes").unwrap_or(0),
+                claim: query("claim"),
             }));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -210,6 +211,8 @@ fn text(body: impl Into<Body>) -> Response<Body> {
 /// (so clients see a chunked body).
 struct Repeat {
     left: u64,
+    /// The exact size the body claims to have (a lie, unless it equals `left`).
+    claim: Option<u64>,
 }
 
 const PATTERN: &[u8; 64] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n";
@@ -236,6 +239,7 @@ impl http_body::Body for Repeat {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+        self.claim
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }

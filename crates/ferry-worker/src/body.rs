@@ -174,6 +174,11 @@ impl http_body::Body for Body {
                 match inc.rx.poll_recv(cx) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Some(Piece::Data(data))) => {
+                        // What is left to read, so a partly read body reports its size
+                        // truly (the master checks a declared response length).
+                        if let Some(left) = &mut inc.length {
+                            *left = left.saturating_sub(data.len() as u64);
+                        }
                         // Credits are batched: one per `credit_every` bytes read.
                         inc.uncredited += data.len();
                         if inc.uncredited >= inc.credit_every {

@@ -60,8 +60,8 @@ fn die_with_group_on_sigterm() {
 /// Set when this process leads its own process group, as a worker under ferry does.
 static LEADS_GROUP: AtomicBool = AtomicBool::new(false);
 
-/// The master closed the channel without a `Drain`: it died, or it is stopping this
-/// worker at once. Either way nothing may outlive us, so the whole process group
+/// The master closed the channel before this worker was done (even mid-drain): it
+/// died, or it is stopping this worker at once. Either way nothing may outlive us, so the whole process group
 /// goes now, this process included. The kernel's parent-death SIGTERM would do the
 /// same, but the master's exit closes its descriptors before that signal is sent:
 /// a worker that just returned from `serve` could exit first and orphan its

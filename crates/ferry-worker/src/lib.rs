@@ -28,18 +28,19 @@
 //! - `Cancel` (the client left or the request timed out): the handler's future is dropped;
 //! - `Drain` (reload, recycling, shutdown): in-flight requests finish, then
 //!   [`serve`] returns `Ok(())` and your `main` exits 0;
-//! - the master going away (EOF on the channel with no `Drain` first): under ferry,
-//!   where the worker leads its own process group, the group is killed at once, this
-//!   process and everything it started included, so nothing outlives the master.
-//!   Run outside ferry (not a group leader), [`serve`] just returns `Ok(())`;
+//! - the master going away (EOF on the channel before this worker is done, even
+//!   mid-drain): under ferry, where the worker leads its own process group, the group
+//!   is killed at once, this process and everything it started included, so nothing
+//!   outlives the master. Run outside ferry (not a group leader), [`serve`] just
+//!   returns `Ok(())`;
 //! - a handler panic: that request gets a 500, the process keeps serving, the panic is logged.
 //!
 //! # Threads, blocking and CPU-heavy handlers
 //! Ferry's parallelism is processes: run one worker per core (`ferry --workers N`)
 //! and give each a single-threaded runtime (`#[tokio::main(flavor = "current_thread")]`).
-//! A handler starts running on the task that reads the channel (most answer at once,
-//! and this saves a task per request); when it first waits it moves to a task of its
-//! own. Heartbeats are answered on the same thread as your handlers, so a handler that
+//! On a single-threaded runtime a handler starts running on the task that reads the
+//! channel (most answer at once, and this saves a task per request); when it first
+//! waits it moves to a task of its own. Heartbeats are answered on the same thread as your handlers, so a handler that
 //! blocks the thread (a synchronous database driver, a long computation) stops the
 //! heartbeat too, and the master treats the worker as stuck after
 //! `--heartbeat-timeout`. For such work either
@@ -169,10 +170,7 @@ impl Worker {
     {
         match session::run(self, svc).await? {
             session::End::Drained => tracing::info!("drained; exiting"),
-            session::End::MasterGone => {
-                channel::master_gone();
-                tracing::info!("the master closed the channel; exiting")
-            }
+            session::End::MasterGone => tracing::info!("the master closed the channel; exiting"),
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! One worker's life on its channel: the handshake, a reader loop that runs each
-//! request's handler (right there until it first has to wait, then as a task of its
-//! own), and a writer task that coalesces every queued frame into one write. This
+//! request's handler (on a single-threaded runtime, right there until it first has
+//! to wait; then, or always on others, as a task of its own), and a writer task that coalesces every queued frame into one write. This
 //! module owns the table of requests in flight.
 //!
 //! The table is the arbiter of the protocol's one rule for a worker: every request
@@ -196,6 +196,11 @@ where
         max_frame,
         // A quarter of our window: the master never stalls, and credits stay few.
         credit_every: (cfg.initial_window as usize / 4).max(1),
+        // On one thread, running a handler's first steps right away costs nothing and
+        // saves a task. On several, it would hold up the reader (pings, cancels, the
+        // next requests) while other threads could have run the handler.
+        poll_inline: tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread,
     };
 
     let mut draining = false;
@@ -207,9 +212,14 @@ where
             }
         };
         let msg = match frame {
-            None => break End::MasterGone,
+            // At once, before waiting for anything (the writer may never finish).
+            None => {
+                crate::channel::master_gone();
+                break End::MasterGone;
+            }
             Some(Err(ProtocolError::Io(e))) if e.kind() == io::ErrorKind::ConnectionReset => {
-                break End::MasterGone
+                crate::channel::master_gone();
+                break End::MasterGone;
             }
             Some(Err(e)) => {
                 abort_all(&shared);
@@ -303,6 +313,8 @@ struct Limits {
     max_frame: usize,
     /// Request-body bytes read before they are credited back in one `Credit`.
     credit_every: usize,
+    /// Poll each handler once on the reader before giving it a task.
+    poll_inline: bool,
 }
 
 fn abort_all(shared: &Shared) {
@@ -462,7 +474,7 @@ where
     // registered only this no-op waker, which is fine: the new task polls it again
     // first thing, and that poll registers the task's own waker.
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    if handling.as_mut().poll(&mut cx).is_ready() {
+    if limits.poll_inline && handling.as_mut().poll(&mut cx).is_ready() {
         return;
     }
     let task = tokio::spawn(handling);
@@ -578,17 +590,37 @@ async fn send_response<B>(
     if !out.send_head(id, head(headers, BodyKind::Streamed { length })) {
         return;
     }
+    // The declared length is the client's Content-Length, and the master treats a
+    // body that breaks it as a protocol violation (it kills the worker). A body whose
+    // size hint was wrong fails only its own request.
+    let mut left = length;
+    let broken = |reason: String| {
+        tracing::error!(id, "{reason}");
+        out.finish(id, WorkerMsg::Failed(RequestFailed { id, reason }));
+    };
+    let short = |left: Option<u64>| match left {
+        Some(n) if n > 0 => Some(format!(
+            "the response body ended {n} bytes short of its declared length {}",
+            length.unwrap_or_default()
+        )),
+        _ => None,
+    };
     let mut next: Option<Result<http_body::Frame<Bytes>, BoxError>> = Some(Ok(first));
     loop {
         match next {
             None => {
-                out.finish(
-                    id,
-                    WorkerMsg::BodyEnd(BodyEnd {
-                        id,
-                        trailers: vec![],
-                    }),
-                );
+                match short(left) {
+                    Some(reason) => broken(reason),
+                    None => {
+                        out.finish(
+                            id,
+                            WorkerMsg::BodyEnd(BodyEnd {
+                                id,
+                                trailers: vec![],
+                            }),
+                        );
+                    }
+                }
                 return;
             }
             Some(Err(e)) => {
@@ -604,6 +636,18 @@ async fn send_response<B>(
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
+                    if let Some(l) = &mut left {
+                        match l.checked_sub(data.len() as u64) {
+                            Some(rest) => *l = rest,
+                            None => {
+                                broken(format!(
+                                    "the response body ran past its declared length {}",
+                                    length.unwrap_or_default()
+                                ));
+                                return;
+                            }
+                        }
+                    }
                     while !data.is_empty() {
                         let piece = data.split_to(data.len().min(limits.chunk));
                         match window.acquire_many(piece.len() as u32).await {
@@ -619,6 +663,10 @@ async fn send_response<B>(
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
+                        if let Some(reason) = short(left) {
+                            broken(reason);
+                            return;
+                        }
                         out.finish(
                             id,
                             WorkerMsg::BodyEnd(BodyEnd {

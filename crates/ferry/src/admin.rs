@@ -116,6 +116,7 @@ pub struct WorkerStatus {
     pub state: &'static str,
     pub uptime_seconds: f64,
     pub in_flight: usize,
+    /// Requests finished: answered, failed or cancelled.
     pub served: u64,
     /// Resident memory, when `/proc` shows it.
     pub rss_bytes: Option<u64>,
@@ -224,7 +225,11 @@ pub fn metrics(s: &Status) -> String {
         "Requests in flight on each worker",
         in_flight,
     );
-    registry.register("worker_served", "Requests each worker has finished", served);
+    registry.register(
+        "worker_served",
+        "Requests each worker has finished (answered, failed or cancelled)",
+        served,
+    );
     registry.register(
         "worker_resident_memory_bytes",
         "Resident memory of each worker process",

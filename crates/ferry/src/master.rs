@@ -168,7 +168,7 @@ pub async fn run(config: Config) -> ExitCode {
     shutdown.cancel();
     let stop_everything = async {
         let _ = front.await;
-        slots.all_at_once(Trigger::Stop).await;
+        slots.stop_all().await;
     };
     tokio::select! {
         _ = stop_everything => {

@@ -1,13 +1,15 @@
 //! The set of slots, and so the pool's size: start the first ones, grow and shrink
-//! it while serving (SIGTTIN adds a worker, SIGTTOU drains the newest away, as in
-//! Gunicorn), reload every slot in turn (SIGHUP) and stop them all (shutdown).
+//! it while serving (SIGTTIN adds a worker, SIGTTOU drains the last slot's worker
+//! away, as in Gunicorn), reload every slot in turn (SIGHUP) and stop them all
+//! (shutdown, which also waits for workers still draining after a SIGTTOU).
 //!
-//! Slot indexes stay dense, `0..len`: a slot added gets the next index, and the one
-//! removed is always the last, so a worker's index keeps naming the same slot in
-//! logs for its whole life.
+//! Slot indexes stay dense, `0..len`: a slot added takes the first index free (that
+//! of a slot whose first start failed, or the next one), and the one removed is
+//! always the last, so a worker's index keeps naming the same slot in logs.
 
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::master::Ctx;
 use crate::slot::Trigger;
@@ -20,6 +22,8 @@ pub const MIN_WORKERS: usize = 1;
 pub struct Slots {
     ctx: Arc<Ctx>,
     list: Arc<Mutex<Vec<mpsc::UnboundedSender<Trigger>>>>,
+    /// Slots removed by SIGTTOU whose worker may still be draining.
+    removing: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Slots {
@@ -27,6 +31,7 @@ impl Slots {
         Slots {
             ctx,
             list: Arc::default(),
+            removing: Arc::default(),
         }
     }
 
@@ -55,7 +60,11 @@ impl Slots {
         let (boot, booted) = oneshot::channel();
         let (to_slot, triggers) = mpsc::unbounded_channel();
         let mut list = self.list.lock().unwrap();
-        let index = list.len();
+        // A slot whose first start failed has ended: its index is free again.
+        let index = list
+            .iter()
+            .position(|s| s.is_closed())
+            .unwrap_or(list.len());
         tokio::spawn(crate::slot::run_slot(
             self.ctx.clone(),
             index,
@@ -63,7 +72,11 @@ impl Slots {
             triggers,
             to_slot.clone(),
         ));
-        list.push(to_slot.clone());
+        if index == list.len() {
+            list.push(to_slot.clone());
+        } else {
+            list[index] = to_slot.clone();
+        }
         (index, to_slot, booted)
     }
 
@@ -83,7 +96,7 @@ impl Slots {
         });
     }
 
-    /// SIGTTOU: the newest worker drains and goes (never below [`MIN_WORKERS`]).
+    /// SIGTTOU: the last slot's worker drains and goes (never below [`MIN_WORKERS`]).
     pub fn shrink(&self) {
         let (index, slot) = {
             let mut list = self.list.lock().unwrap();
@@ -101,15 +114,18 @@ impl Slots {
         tracing::info!(worker = index, "SIGTTOU: draining and removing a worker");
         let (ack, acked) = oneshot::channel();
         if slot.send(Trigger::Stop(ack)).is_ok() {
-            tokio::spawn(async move {
+            let gone = tokio::spawn(async move {
                 let _ = acked.await;
                 tracing::info!(worker = index, "worker removed");
             });
+            let mut removing = self.removing.lock().unwrap();
+            removing.retain(|r| !r.is_finished());
+            removing.push(gone);
         }
     }
 
     /// Drops `slot`, whose first start failed (so it has ended), from the list if it
-    /// is still the last one there, so that the next SIGTTIN reuses its index.
+    /// is the last one there. (One in the middle stays until a SIGTTIN reuses it.)
     fn forget(&self, index: usize, slot: &mpsc::UnboundedSender<Trigger>) {
         let mut list = self.list.lock().unwrap();
         if list.len() == index + 1 && list[index].same_channel(slot) {
@@ -129,18 +145,23 @@ impl Slots {
         }
     }
 
-    /// Sends a trigger to every slot at once; resolves when all have acknowledged.
-    pub async fn all_at_once(&self, make: impl Fn(oneshot::Sender<()>) -> Trigger) {
+    /// Stops every slot at once (each drains its worker); resolves when all have,
+    /// and when every worker removed by SIGTTOU has finished draining too.
+    pub async fn stop_all(&self) {
         let list = self.list.lock().unwrap().clone();
         let mut acks = Vec::with_capacity(list.len());
         for slot in list {
             let (ack, acked) = oneshot::channel();
-            if slot.send(make(ack)).is_ok() {
+            if slot.send(Trigger::Stop(ack)).is_ok() {
                 acks.push(acked);
             }
         }
         for acked in acks {
             let _ = acked.await;
+        }
+        let removing = std::mem::take(&mut *self.removing.lock().unwrap());
+        for gone in removing {
+            let _ = gone.await;
         }
     }
 }

@@ -52,9 +52,16 @@ impl Stats {
             .insert(channel.pid, channel.clone());
     }
 
-    pub fn worker_gone(&self, pid: u32) {
+    pub fn worker_gone(&self, channel: &Arc<Channel>) {
         self.worker_exits.fetch_add(1, Ordering::Relaxed);
-        self.workers.lock().unwrap().remove(&pid);
+        let mut workers = self.workers.lock().unwrap();
+        // Only if it is still this worker's entry: a reused pid may name a newer one.
+        if workers
+            .get(&channel.pid)
+            .is_some_and(|c| Arc::ptr_eq(c, channel))
+        {
+            workers.remove(&channel.pid);
+        }
     }
 
     /// The live workers, ordered by slot, then pid.

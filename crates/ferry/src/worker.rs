@@ -321,7 +321,7 @@ async fn supervise(
     );
     let uptime = started.elapsed();
     let served = channel.served();
-    ctx.stats.worker_gone(pid);
+    ctx.stats.worker_gone(&channel);
     match end {
         End::Violation(v) => tracing::error!(
             worker = index,
