@@ -531,3 +531,158 @@ async fn direct_mode_serves_the_same_routes_without_a_master() {
         "still serving after a panic"
     );
 }
+
+type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// An HTTP/2 connection with prior knowledge (h2c): no upgrade, the preface first.
+async fn h2c(addr: std::net::SocketAddr) -> H2 {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+async fn h2_send(h2: &mut H2, req: Request<Full<Bytes>>) -> Result<Resp, hyper::Error> {
+    h2.ready().await?;
+    let resp = h2.send_request(req).await?;
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let (parts, body) = resp.into_parts();
+    Ok(Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await?.to_bytes(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_with_prior_knowledge_multiplexes_requests_over_workers() {
+    let f = Ferry::testbed(&["--workers", "2"]);
+    let base = format!("http://{}", f.addr);
+    let h2 = h2c(f.addr).await;
+
+    // Twenty slow requests at once on one connection: all in flight together, and
+    // spread over both workers.
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let mut h2 = h2.clone();
+            let uri = format!("{base}/sleep?ms=300");
+            tokio::spawn(async move {
+                h2_send(&mut h2, Request::get(uri).body(Full::default()).unwrap()).await
+            })
+        })
+        .collect();
+    assert!(f.log.wait_for_nth("sleeping 300 ms", 20, WAIT).is_some());
+    let mut pids = HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        pids.insert(pid_in(&r.text()));
+    }
+    assert_eq!(pids.len(), 2, "{pids:?}");
+
+    // The worker sees what HTTP/1.1 would have given it: origin form, and a host.
+    let mut h2 = h2.clone();
+    let r = h2_send(
+        &mut h2,
+        Request::get(format!("{base}/target?x=1"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.text(), "/target?x=1 HTTP/2.0\n");
+    let r = h2_send(
+        &mut h2,
+        Request::get(format!("{base}/headers"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let pairs: Vec<(String, String)> = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        pairs.contains(&("host".into(), f.addr.to_string())),
+        "{pairs:?}"
+    );
+
+    // Bodies both ways, streamed past the inline limit.
+    let body = body_for(7, 300_000);
+    let r = h2_send(
+        &mut h2,
+        Request::post(format!("{base}/echo"))
+            .body(Full::new(body.clone()))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, body);
+}
+
+#[tokio::test]
+async fn h2c_header_list_over_the_limit_is_refused_and_the_server_serves_on() {
+    let f = Ferry::testbed(&["--workers", "1", "--max-header-size", "8KiB"]);
+    let base = format!("http://{}", f.addr);
+    let mut h2 = h2c(f.addr).await;
+    let big = Request::get(format!("{base}/sleep?ms=0"))
+        .header("x-big", "b".repeat(16 * 1024))
+        .body(Full::default())
+        .unwrap();
+    let r = h2_send(&mut h2, big).await.expect("an answer, not a reset");
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // Refused in the master: the worker never saw it.
+    assert!(!f.log.text().contains("sleeping 0 ms"), "{}", f.log.text());
+    let mut h2 = h2c(f.addr).await;
+    let r = h2_send(
+        &mut h2,
+        Request::get(format!("{base}/"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.text(), "Hello, world!\n");
+    assert!(!f.log.text().contains("panicked"));
+}
+
+/// Slowloris: a client that sends nothing, half a request head, or half the HTTP/2
+/// preface is dropped after `--header-read-timeout`, not kept forever.
+#[test]
+fn clients_that_stall_before_a_whole_head_are_dropped() {
+    let f = Ferry::testbed(&["--workers", "1", "--header-read-timeout", "300ms"]);
+    for (what, sent) in [
+        ("nothing", &b""[..]),
+        ("half a head", b"GET / HTTP/1.1\r\nHost: x\r\n"),
+        ("half the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+    ] {
+        let mut s = std::net::TcpStream::connect(f.addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        std::io::Write::write_all(&mut s, sent).unwrap();
+        let mut got = Vec::new();
+        match std::io::Read::read_to_end(&mut s, &mut got) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{what}: the connection was kept open ({e})"),
+        }
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.is_empty() || got.starts_with("HTTP/1.1 408"),
+            "{what}: {got}"
+        );
+    }
+    // The server is fine.
+    let mut s = std::net::TcpStream::connect(f.addr).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut s, &mut got).unwrap();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+}

@@ -7,7 +7,7 @@
 //! Routes: `GET /` hello; `/pid`; `POST /echo` (body back, streamed, same
 //! content-type); `/sleep?ms=N` (async wait); `/spin?ms=N` (blocks the thread);
 //! `/crash` (abort mid-request); `/panic`; `/exit?code=N`; `/stream?bytes=N`
-//! (chunked body of N bytes; with `&claim=M` its size hint says M, a lie unless M = N); `/headers` (request headers as JSON pairs);
+//! (chunked body of N bytes; with `&claim=M` its size hint says M, a lie unless M = N); `/headers` (request headers as JSON pairs); `/target` (request target and version);
 //! `/spawn` (starts a `sleep` grandchild in the worker's process group, returns its pid);
 //! `/big-header?bytes=N` (a response header of N bytes).
 //!
@@ -170,6 +170,7 @@ async fn route(req: Request<Body>) -> Response<Body> {
             Ok(child) => text(format!("{}\n", child.id())),
             Err(e) => text(format!("spawn failed: {e}\n")),
         },
+        ("GET", "/target") => text(format!("{} {:?}\n", req.uri(), req.version())),
         ("GET", "/headers") => {
             let pairs: Vec<(String, String)> = req
                 .headers()

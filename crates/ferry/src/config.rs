@@ -101,7 +101,8 @@ pub struct Config {
     #[arg(long, env = "FERRY_MAX_BODY_SIZE", default_value = "10MiB", value_parser = bytes)]
     pub max_body_size: u64,
 
-    /// Largest request head (request line and headers); larger ones get 431.
+    /// Largest request head (request line and headers; for HTTP/2, the header list
+    /// size: names and values plus 32 bytes per field); larger ones get 431.
     #[arg(long, env = "FERRY_MAX_HEADER_SIZE", default_value = "64KiB", value_parser = bytes)]
     pub max_header_size: u64,
 

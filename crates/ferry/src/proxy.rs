@@ -184,22 +184,32 @@ impl Head<'_> {
     /// The framed `RequestHead` for request `id`.
     pub fn encode(&self, id: u64, max_frame: usize) -> Result<bytes::Bytes, ProtocolError> {
         let parts = self.parts;
+        // HTTP/2 carries the authority and path as pseudo-headers, which hyper puts in
+        // an absolute URI. Workers get what an HTTP/1.1 request would have given them:
+        // an origin-form target, and the authority as `host` if there is none.
+        let h2 = parts.version == http::Version::HTTP_2;
         let target = match parts.uri.path_and_query() {
-            Some(pq) if parts.uri.scheme().is_none() => pq.as_str().to_owned(),
+            Some(pq) if h2 || parts.uri.scheme().is_none() => pq.as_str().to_owned(),
             _ => parts.uri.to_string(),
+        };
+        let host = match parts.uri.authority() {
+            Some(a) if h2 && !parts.headers.contains_key(http::header::HOST) => Some(Header {
+                name: BytesRef(b"host"),
+                value: BytesRef(a.as_str().as_bytes()),
+            }),
+            _ => None,
         };
         let head = RequestHead {
             id,
             method: parts.method.as_str().to_owned(),
             target,
             version: version(parts.version),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(n, v)| Header {
+            headers: host
+                .into_iter()
+                .chain(parts.headers.iter().map(|(n, v)| Header {
                     name: BytesRef(n.as_str().as_bytes()),
                     value: BytesRef(v.as_bytes()),
-                })
+                }))
                 .collect(),
             peer: self.peer.to_owned(),
             body: match (self.inline, self.streamed) {
