@@ -559,6 +559,10 @@ async fn h2_send(h2: &mut H2, req: Request<Full<Bytes>>) -> Result<Resp, hyper::
     })
 }
 
+async fn h2_get(h2: &mut H2, uri: String) -> Result<Resp, hyper::Error> {
+    h2_send(h2, Request::get(uri).body(Full::default()).unwrap()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_with_prior_knowledge_multiplexes_requests_over_workers() {
     let f = Ferry::testbed(&["--workers", "2"]);
@@ -571,9 +575,7 @@ async fn h2c_with_prior_knowledge_multiplexes_requests_over_workers() {
         .map(|_| {
             let mut h2 = h2.clone();
             let uri = format!("{base}/sleep?ms=300");
-            tokio::spawn(async move {
-                h2_send(&mut h2, Request::get(uri).body(Full::default()).unwrap()).await
-            })
+            tokio::spawn(async move { h2_get(&mut h2, uri).await })
         })
         .collect();
     assert!(f.log.wait_for_nth("sleeping 300 ms", 20, WAIT).is_some());
@@ -587,23 +589,9 @@ async fn h2c_with_prior_knowledge_multiplexes_requests_over_workers() {
 
     // The worker sees what HTTP/1.1 would have given it: origin form, and a host.
     let mut h2 = h2.clone();
-    let r = h2_send(
-        &mut h2,
-        Request::get(format!("{base}/target?x=1"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let r = h2_get(&mut h2, format!("{base}/target?x=1")).await.unwrap();
     assert_eq!(r.text(), "/target?x=1 HTTP/2.0\n");
-    let r = h2_send(
-        &mut h2,
-        Request::get(format!("{base}/headers"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let r = h2_get(&mut h2, format!("{base}/headers")).await.unwrap();
     let pairs: Vec<(String, String)> = serde_json::from_slice(&r.body).unwrap();
     assert!(
         pairs.contains(&("host".into(), f.addr.to_string())),
@@ -638,14 +626,7 @@ async fn h2c_header_list_over_the_limit_is_refused_and_the_server_serves_on() {
     // Refused in the master: the worker never saw it.
     assert!(!f.log.text().contains("sleeping 0 ms"), "{}", f.log.text());
     let mut h2 = h2c(f.addr).await;
-    let r = h2_send(
-        &mut h2,
-        Request::get(format!("{base}/"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let r = h2_get(&mut h2, format!("{base}/")).await.unwrap();
     assert_eq!(r.text(), "Hello, world!\n");
     assert!(!f.log.text().contains("panicked"));
 }

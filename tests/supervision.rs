@@ -321,19 +321,52 @@ fn stamp(line: &str) -> f64 {
     hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
 }
 
+/// A file whose existence makes new testbed workers fail at start
+/// (`FERRY_TESTBED_FAIL_IF_EXISTS`). Absent at first; its folder goes on drop.
+struct FailMarker {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl FailMarker {
+    fn set(&self) {
+        std::fs::write(&self.path, b"").unwrap();
+    }
+
+    fn clear(&self) {
+        std::fs::remove_file(&self.path).unwrap();
+    }
+}
+
+impl Drop for FailMarker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `ferry ARGS -- ferry-testbed`, whose workers fail at start while the marker is set.
+fn testbed_failing_on(name: &str, args: &[&str]) -> (Ferry, FailMarker) {
+    let dir = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = FailMarker {
+        path: dir.join("fail"),
+        dir,
+    };
+    let _ = std::fs::remove_file(&marker.path);
+    let f = Ferry::builder(args, &[&testbed()])
+        .env(
+            "FERRY_TESTBED_FAIL_IF_EXISTS",
+            marker.path.to_str().unwrap(),
+        )
+        .start();
+    (f, marker)
+}
+
 #[tokio::test]
 async fn failing_replacements_back_off_and_recover_by_themselves() {
-    let dir = std::env::temp_dir().join(format!("ferry-backoff-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let marker = dir.join("fail");
-    let _ = std::fs::remove_file(&marker);
-    let f = Ferry::builder(
-        &["--workers", "1", "--queue-timeout", "300ms"],
-        &[&testbed()],
-    )
-    .env("FERRY_TESTBED_FAIL_IF_EXISTS", marker.to_str().unwrap())
-    .start();
-    std::fs::write(&marker, b"").unwrap();
+    let (f, marker) =
+        testbed_failing_on("backoff", &["--workers", "1", "--queue-timeout", "300ms"]);
+    marker.set();
     let victim = sole_worker(&f);
     unsafe {
         libc::kill(victim as i32, libc::SIGKILL);
@@ -371,7 +404,7 @@ async fn failing_replacements_back_off_and_recover_by_themselves() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers["retry-after"], "1");
     // Fixed: the next attempt succeeds without anyone's help.
-    std::fs::remove_file(&marker).unwrap();
+    marker.clear();
     assert!(
         f.log
             .wait_for_nth("worker started", 2, Duration::from_secs(20))
@@ -380,7 +413,6 @@ async fn failing_replacements_back_off_and_recover_by_themselves() {
         f.log.text()
     );
     assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn wait_dead(pid: u32, within: Duration) -> bool {
@@ -549,6 +581,8 @@ impl Drop for KillOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_recycles_one_at_a_time_without_failures() {
     let f = Ferry::testbed(&[
+        "--retry-idempotent",
+        "false",
         "--workers",
         "2",
         "--max-requests",
@@ -654,7 +688,8 @@ async fn sigquit_stops_at_once_with_non_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_sighup_reloads_under_load_fail_nothing() {
-    let f = Ferry::testbed(&["--workers", "2"]);
+    // No retries: a response lost by a draining worker must show, not be papered over.
+    let f = Ferry::testbed(&["--workers", "2", "--retry-idempotent", "false"]);
     let first = f.worker_pids();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
@@ -710,21 +745,13 @@ async fn twenty_sighup_reloads_under_load_fail_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigttin_adds_a_worker_and_sigttou_drains_one_away() {
-    let dir = std::env::temp_dir().join(format!("ferry-ttin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let marker = dir.join("fail");
-    let _ = std::fs::remove_file(&marker);
     // No retries: a worker killed instead of drained would fail its request.
-    let f = Ferry::builder(
-        &["--workers", "1", "--retry-idempotent", "false"],
-        &[&testbed()],
-    )
-    .env("FERRY_TESTBED_FAIL_IF_EXISTS", marker.to_str().unwrap())
-    .start();
+    let (f, marker) =
+        testbed_failing_on("ttin", &["--workers", "1", "--retry-idempotent", "false"]);
     let first = sole_worker(&f);
 
     // A worker that cannot start is not added, and nothing else changes.
-    std::fs::write(&marker, b"").unwrap();
+    marker.set();
     f.signal(libc::SIGTTIN);
     assert!(
         f.log.wait_for("could not add a worker", WAIT).is_some(),
@@ -732,7 +759,7 @@ async fn sigttin_adds_a_worker_and_sigttou_drains_one_away() {
         f.log.text()
     );
     assert_eq!(f.worker_pids(), [first]);
-    std::fs::remove_file(&marker).unwrap();
+    marker.clear();
 
     f.signal(libc::SIGTTIN);
     assert!(f.log.wait_for_nth("worker started", 2, WAIT).is_some());
@@ -752,7 +779,7 @@ async fn sigttin_adds_a_worker_and_sigttou_drains_one_away() {
     let mut served_by = Vec::new();
     for t in slow {
         let r = t.await.unwrap();
-        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.status, StatusCode::OK, "{}", f.log.text());
         served_by.push(pid_in(&r.text()));
     }
     served_by.sort();
@@ -770,5 +797,4 @@ async fn sigttin_adds_a_worker_and_sigttou_drains_one_away() {
     assert_eq!(f.worker_pids(), [first]);
     assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
     assert!(!f.log.text().contains("panicked"));
-    let _ = std::fs::remove_dir_all(&dir);
 }

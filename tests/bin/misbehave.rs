@@ -67,15 +67,7 @@ fn main() {
                 "oversize" => raw(&mut sock, &[0x7f, 0xff, 0xff, 0xff, 0x02]),
                 "unknown-id" => send(&mut sock, &ok(id + 1000)),
                 "second-head" => {
-                    send(
-                        &mut sock,
-                        &WorkerMsg::ResponseHead(ResponseHead {
-                            id,
-                            status: 200,
-                            headers: vec![],
-                            body: BodyKind::Streamed { length: None },
-                        }),
-                    );
+                    send(&mut sock, &streamed_head(id, None));
                     send(&mut sock, &ok(id));
                 }
                 // A body that breaks its declared length, one way or the other.
@@ -85,17 +77,7 @@ fn main() {
                     } else {
                         (10, 5)
                     };
-                    send(
-                        &mut sock,
-                        &WorkerMsg::ResponseHead(ResponseHead {
-                            id,
-                            status: 200,
-                            headers: vec![],
-                            body: BodyKind::Streamed {
-                                length: Some(declared),
-                            },
-                        }),
-                    );
+                    send(&mut sock, &streamed_head(id, Some(declared)));
                     send(
                         &mut sock,
                         &WorkerMsg::BodyChunk(BodyChunk {
@@ -125,6 +107,15 @@ fn ok(id: u64) -> WorkerMsg {
         status: 200,
         headers: vec![],
         body: BodyKind::Inline(Bytes::from(format!("ok {}\n", std::process::id()))),
+    })
+}
+
+fn streamed_head(id: u64, length: Option<u64>) -> WorkerMsg {
+    WorkerMsg::ResponseHead(ResponseHead {
+        id,
+        status: 200,
+        headers: vec![],
+        body: BodyKind::Streamed { length },
     })
 }
 

@@ -231,10 +231,17 @@ async fn supervise(
                 Some(Err(ProtocolError::Io(_))) | None => break End::ChannelClosed,
                 Some(Err(e)) => break End::Violation(e.to_string()),
             },
-            status = child.wait() => match status {
-                Ok(s) => break End::Exited(s),
-                Err(_) => break End::ChannelClosed,
-            },
+            status = child.wait() => {
+                // Its last frames (a drained worker's final responses, its Goodbye) may
+                // still be in the socket: route them before failing what it held.
+                if let Err(v) = read_what_is_left(&channel, &mut reader).await {
+                    break End::Violation(v.0);
+                }
+                match status {
+                    Ok(s) => break End::Exited(s),
+                    Err(_) => break End::ChannelClosed,
+                }
+            }
             Some(Control::Drain) = control.recv(), if drain_deadline.is_none() => {
                 ctx.pool.remove(&channel);
                 channel.set_state(channel::State::Draining);
@@ -358,6 +365,27 @@ async fn supervise(
     }
     uptime
 }
+
+/// After the worker has exited: handles the frames it wrote before it went, up to
+/// EOF. Bounded in time, since a process the worker started may have inherited the
+/// channel and hold it open (the SDK prevents that; other workers may not).
+async fn read_what_is_left(
+    channel: &Channel,
+    reader: &mut FramedRead<OwnedReadHalf, MasterCodec>,
+) -> Result<(), channel::Violation> {
+    let rest = async {
+        while let Some(Ok(msg)) = reader.next().await {
+            channel.handle(msg)?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(LEFTOVER_WAIT, rest)
+        .await
+        .unwrap_or(Ok(()))
+}
+
+/// How long [`read_what_is_left`] waits for EOF.
+const LEFTOVER_WAIT: Duration = Duration::from_millis(500);
 
 /// Resident set size of `pid`, in bytes.
 pub fn rss_of(pid: u32) -> Option<u64> {
