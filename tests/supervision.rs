@@ -153,6 +153,34 @@ async fn request_timeout_gives_504_near_the_timeout_and_frees_the_slot() {
 }
 
 #[tokio::test]
+async fn a_response_head_after_the_timeout_is_late_not_a_violation() {
+    // The handler blocks its thread past the timeout, then answers before it can
+    // read the Cancel: its head reaches the master after the 504 went out.
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--concurrency",
+        "1",
+        "--request-timeout",
+        "300ms",
+        "--heartbeat-timeout",
+        "10s",
+    ]);
+    let worker = sole_worker(&f);
+    let r = get(f.addr, "/spin?ms=1000").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    // The next request waits in the master for the only slot, which the late head
+    // frees; the same worker answers it: it was not killed for the late head.
+    assert_eq!(pid_in(&get(f.addr, "/pid").await.text()), worker);
+    assert!(
+        !f.log.text().contains("protocol violation"),
+        "{}",
+        f.log.text()
+    );
+    assert_eq!(f.worker_pids(), [worker]);
+}
+
+#[tokio::test]
 async fn spinning_worker_is_killed_and_replaced() {
     let f = Ferry::testbed(&[
         "--workers",

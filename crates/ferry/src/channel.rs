@@ -48,6 +48,8 @@ pub enum Lost {
     Failed(String),
     /// The worker died or was killed with the request in flight.
     WorkerGone,
+    /// No response head within `--request-timeout` ([`Channel::expire_heads`]).
+    TimedOut,
 }
 
 /// A piece of a streamed response body.
@@ -72,6 +74,9 @@ pub struct Exchange {
 
 struct Entry {
     head: Option<oneshot::Sender<Result<Start, Lost>>>,
+    /// The head sender went with `Lost::TimedOut`: a head arriving now is late, not a
+    /// second one.
+    timed_out: bool,
     /// Where a streamed response body goes, once its head has arrived.
     body: Option<mpsc::UnboundedSender<Piece>>,
     /// Response-body bytes the worker may still send before we grant more.
@@ -245,6 +250,7 @@ impl Channel {
                 owed: None,
                 send_window: send_window.clone(),
                 cancelled: None,
+                timed_out: false,
                 method: method.clone(),
                 uri: uri.clone(),
                 started: Instant::now(),
@@ -336,6 +342,22 @@ impl Channel {
         self.last_pong.lock().unwrap().elapsed()
     }
 
+    /// Ends the wait of every request that has had no response head for `timeout`:
+    /// its proxy gets `Lost::TimedOut` (and answers 504, then cancels the request).
+    /// Called on a tick by the worker's supervisor: one timer per worker instead of
+    /// one per request, whose setup and teardown cost about 5 % of throughput.
+    pub fn expire_heads(&self, timeout: Duration) {
+        let mut t = self.table.lock().unwrap();
+        for e in t.entries.values_mut() {
+            if e.head.is_some() && e.started.elapsed() >= timeout {
+                if let Some(head) = e.head.take() {
+                    e.timed_out = true;
+                    let _ = head.send(Err(Lost::TimedOut));
+                }
+            }
+        }
+    }
+
     /// A request whose cancellation the worker has not confirmed within `grace`.
     pub fn overdue_cancel(&self, grace: Duration) -> Option<String> {
         let t = self.table.lock().unwrap();
@@ -358,9 +380,18 @@ impl Channel {
                     .entries
                     .get_mut(&h.id)
                     .ok_or_else(|| unknown("ResponseHead", h.id))?;
-                let head = e.head.take().ok_or_else(|| {
-                    Violation(format!("a second ResponseHead for request {}", h.id))
-                })?;
+                let head = match e.head.take() {
+                    Some(head) => Some(head),
+                    // Too late: the client has its 504 and the Cancel is on its way. The
+                    // request still ends as the worker says, its body going nowhere.
+                    None if e.timed_out => None,
+                    None => {
+                        return Err(Violation(format!(
+                            "a second ResponseHead for request {}",
+                            h.id
+                        )))
+                    }
+                };
                 let (body, finished) = match h.body {
                     BodyKind::Empty => (StartBody::Empty, true),
                     BodyKind::Inline(b) => (StartBody::Inline(b), true),
@@ -374,11 +405,13 @@ impl Channel {
                 };
                 let id = h.id;
                 // The receiver may be gone (client left); the Cancel is already queued.
-                let _ = head.send(Ok(Start {
-                    status: h.status,
-                    headers: h.headers,
-                    body,
-                }));
+                if let Some(head) = head {
+                    let _ = head.send(Ok(Start {
+                        status: h.status,
+                        headers: h.headers,
+                        body,
+                    }));
+                }
                 finished.then_some(id)
             }
             WorkerMsg::BodyChunk(c) => {

@@ -55,7 +55,8 @@ pub struct Config {
     pub queue_timeout: Duration,
 
     /// How long a worker may take to send a response head; then the client gets 504
-    /// and the worker is told to cancel the request.
+    /// and the worker is told to cancel the request. Checked every twentieth of the
+    /// timeout (10 ms to 1 s), so the 504 may come that much later.
     #[arg(long, env = "FERRY_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub request_timeout: Duration,
 

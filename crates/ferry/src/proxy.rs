@@ -107,12 +107,27 @@ pub async fn handle(req: Request<Incoming>, peer: &str, ctx: Arc<Ctx>) -> Respon
                 too_large_tx,
             ));
         }
+        // `--request-timeout` arrives as `Lost::TimedOut` (`Channel::expire_heads`).
         let outcome = tokio::select! {
-            r = tokio::time::timeout(cfg.request_timeout, exchange.head) => r,
+            r = exchange.head => r,
             Ok(()) = too_large => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
         };
         let lost = match outcome {
-            Err(_) => {
+            Ok(Ok(start)) => {
+                if !matches!(start.body, StartBody::Streamed { .. }) {
+                    // Finished: nothing left to cancel.
+                    guard.armed = false;
+                }
+                return respond(start, guard);
+            }
+            Ok(Err(lost)) => lost,
+            Err(_) => Lost::WorkerGone,
+        };
+        // A timed-out request is still running on the worker: the guard, left armed,
+        // cancels it as it drops. Any other loss ended the request there already.
+        guard.armed = matches!(lost, Lost::TimedOut);
+        match lost {
+            Lost::TimedOut => {
                 tracing::warn!(
                     worker = channel.index,
                     pid = channel.pid,
@@ -125,18 +140,6 @@ pub async fn handle(req: Request<Incoming>, peer: &str, ctx: Arc<Ctx>) -> Respon
                     "the worker did not answer in time\n",
                 );
             }
-            Ok(Ok(Ok(start))) => {
-                if !matches!(start.body, StartBody::Streamed { .. }) {
-                    // Finished: nothing left to cancel.
-                    guard.armed = false;
-                }
-                return respond(start, guard);
-            }
-            Ok(Ok(Err(lost))) => lost,
-            Ok(Err(_)) => Lost::WorkerGone,
-        };
-        guard.armed = false;
-        match lost {
             Lost::WorkerGone if retryable && attempts < 2 => {
                 tracing::info!(
                     "retrying {} {path} on another worker: worker {} died",

@@ -215,6 +215,8 @@ async fn supervise(
     let request_limit = ctx.request_limit();
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut expiry = tokio::time::interval(expiry_period(cfg.request_timeout));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce = 0u64;
     let mut asked_to_recycle = false;
     let mut drain_deadline: Option<Instant> = None;
@@ -249,6 +251,7 @@ async fn supervise(
                 drain_deadline = Some(Instant::now() + cfg.graceful_timeout);
                 tracing::info!(worker = index, pid, in_flight = channel.describe_in_flight().len(), "draining worker");
             }
+            _ = expiry.tick() => channel.expire_heads(cfg.request_timeout),
             _ = tick.tick() => {
                 if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                     break End::DrainTimeout;
@@ -366,6 +369,12 @@ async fn supervise(
     uptime
 }
 
+/// How often a worker's requests are checked against `--request-timeout`: a
+/// twentieth of it, between 10 ms and 1 s, so a 504 comes at most 5 % (or 1 s) late.
+fn expiry_period(request_timeout: Duration) -> Duration {
+    (request_timeout / 20).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
 /// After the worker has exited: handles the frames it wrote before it went, up to
 /// EOF. Bounded in time, since a process the worker started may have inherited the
 /// channel and hold it open (the SDK prevents that; other workers may not).
@@ -450,6 +459,19 @@ fn kind(m: &WorkerMsg) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn request_timeouts_are_checked_often_enough_and_not_too_often() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            super::expiry_period(Duration::from_secs(30)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(super::expiry_period(ms(500)), ms(25));
+        assert_eq!(super::expiry_period(ms(50)), ms(10));
+    }
+
     #[test]
     fn vm_rss_is_read_in_bytes() {
         let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t    1536 kB\nThreads: 1\n";
