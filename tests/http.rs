@@ -536,6 +536,11 @@ type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 /// An HTTP/2 connection with prior knowledge (h2c): no upgrade, the preface first.
 async fn h2c(addr: std::net::SocketAddr) -> H2 {
+    h2c_watched(addr).await.0
+}
+
+/// [`h2c`], and a receiver that resolves when the connection has ended.
+async fn h2c_watched(addr: std::net::SocketAddr) -> (H2, tokio::sync::oneshot::Receiver<()>) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -543,8 +548,12 @@ async fn h2c(addr: std::net::SocketAddr) -> H2 {
     )
     .await
     .expect("h2c handshake");
-    tokio::spawn(conn);
-    sender
+    let (ended, ended_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = ended.send(());
+    });
+    (sender, ended_rx)
 }
 
 async fn h2_send(h2: &mut H2, req: Request<Full<Bytes>>) -> Result<Resp, hyper::Error> {
@@ -629,6 +638,22 @@ async fn h2c_header_list_over_the_limit_is_refused_and_the_server_serves_on() {
     let r = h2_get(&mut h2, format!("{base}/")).await.unwrap();
     assert_eq!(r.text(), "Hello, world!\n");
     assert!(!f.log.text().contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2c_connection_is_closed_like_an_idle_keep_alive_one() {
+    let f = Ferry::testbed(&["--workers", "1", "--header-read-timeout", "300ms"]);
+    let (mut h2, ended) = h2c_watched(f.addr).await;
+    // A request in flight for longer than the idle limit is not cut.
+    let r = h2_get(&mut h2, format!("http://{}/sleep?ms=800", f.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    // Idle afterwards: the master says GOAWAY and the connection ends.
+    tokio::time::timeout(WAIT, ended)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap();
 }
 
 /// Slowloris: a client that sends nothing, half a request head, or half the HTTP/2
