@@ -622,6 +622,39 @@ async fn h2c_with_prior_knowledge_multiplexes_requests_over_workers() {
 }
 
 #[tokio::test]
+async fn h2c_head_gets_the_length_and_no_body() {
+    let f = Ferry::testbed(&["--workers", "1"]);
+    let base = format!("http://{}", f.addr);
+    let mut h2 = h2c(f.addr).await;
+    for (path, length) in [
+        ("/", Some("14")),
+        ("/stream?bytes=100000&claim=100000", Some("100000")),
+        ("/stream?bytes=100000", None),
+    ] {
+        let r = h2_send(
+            &mut h2,
+            Request::head(format!("{base}{path}"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("HEAD {path}: {e}"));
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            r.headers.get("content-length").map(|v| v.to_str().unwrap()),
+            length,
+            "{path}"
+        );
+        assert!(r.body.is_empty(), "{path}");
+    }
+    // The connection is still good, and so is the worker.
+    assert_eq!(
+        h2_get(&mut h2, format!("{base}/")).await.unwrap().text(),
+        "Hello, world!\n"
+    );
+}
+
+#[tokio::test]
 async fn h2c_header_list_over_the_limit_is_refused_and_the_server_serves_on() {
     let f = Ferry::testbed(&["--workers", "1", "--max-header-size", "8KiB"]);
     let base = format!("http://{}", f.addr);

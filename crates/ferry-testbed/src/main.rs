@@ -146,7 +146,7 @@ async fn route(req: Request<Body>) -> Response<Body> {
         ("GET", "/crash" | "/exit") => {
             text(format!("not pid {}, carrying on\n", std::process::id()))
         }
-        ("GET", "/stream") => {
+        ("GET" | "HEAD", "/stream") => {
             let mut resp = Response::new(Body::new(Repeat {
                 left: query("bytes").unwrap_or(0),
                 claim: query("claim"),

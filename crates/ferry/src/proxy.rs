@@ -118,7 +118,7 @@ pub async fn handle(req: Request<Incoming>, peer: &str, ctx: Arc<Ctx>) -> Respon
                     // Finished: nothing left to cancel.
                     guard.armed = false;
                 }
-                return respond(start, guard);
+                return respond(start, guard, parts.method == Method::HEAD);
             }
             Ok(Err(lost)) => lost,
             Err(_) => Lost::WorkerGone,
@@ -307,7 +307,10 @@ fn hop_by_hop(name: &[u8]) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-fn respond(start: Start, guard: CancelGuard) -> Response<ResponseBody> {
+/// The client's response from the worker's head. `head_request`: the client asked
+/// with HEAD, so it gets the body's length and no body. hyper drops such a body itself
+/// for HTTP/1.1 but sends it for HTTP/2, where the client takes it as a protocol error.
+fn respond(start: Start, guard: CancelGuard, head_request: bool) -> Response<ResponseBody> {
     let Ok(status) = StatusCode::from_u16(start.status) else {
         return error(
             StatusCode::BAD_GATEWAY,
@@ -336,6 +339,18 @@ fn respond(start: Start, guard: CancelGuard) -> Response<ResponseBody> {
                 guard.channel.index
             ),
         }
+    }
+    if head_request {
+        let length = match &start.body {
+            StartBody::Empty => None,
+            StartBody::Inline(b) => Some(b.len() as u64),
+            StartBody::Streamed { length, .. } => *length,
+        };
+        if let Some(n) = length {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        // A streamed body is not wanted: the guard, dropped here, cancels it.
+        return resp;
     }
     *resp.body_mut() = match start.body {
         StartBody::Empty => ResponseBody::empty(),
