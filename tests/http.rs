@@ -606,6 +606,20 @@ async fn h2c_with_prior_knowledge_multiplexes_requests_over_workers() {
         pairs.contains(&("host".into(), f.addr.to_string())),
         "{pairs:?}"
     );
+    // Cookies sent as separate HTTP/2 fields arrive as HTTP/1.1's one header.
+    let r = h2_send(
+        &mut h2,
+        Request::get(format!("{base}/headers"))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let pairs: Vec<(String, String)> = serde_json::from_slice(&r.body).unwrap();
+    let cookies: Vec<_> = pairs.iter().filter(|(n, _)| n == "cookie").collect();
+    assert_eq!(cookies, [&("cookie".to_string(), "a=1; b=2".to_string())]);
 
     // Bodies both ways, streamed past the inline limit.
     let body = body_for(7, 300_000);

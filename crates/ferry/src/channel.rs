@@ -52,6 +52,15 @@ pub enum Lost {
     TimedOut,
 }
 
+/// Why [`Channel::register`] did not put a request in flight.
+#[derive(Debug)]
+pub enum Refused<E> {
+    /// The worker is gone or draining: nothing was sent; another worker may take it.
+    Gone,
+    /// The head could not be encoded.
+    Encode(E),
+}
+
 /// A piece of a streamed response body.
 pub enum Piece {
     Data(Bytes),
@@ -113,6 +122,9 @@ struct Table {
     entries: HashMap<u64, Entry>,
     /// Set once the worker is gone: no new requests are registered.
     closed: bool,
+    /// Set when `Drain` is queued: nothing may be queued after it for the worker to
+    /// miss, so no new requests are registered either.
+    draining: bool,
 }
 
 /// What the writer task is given: a message to encode, or a frame the request task
@@ -217,27 +229,27 @@ impl Channel {
         let _ = self.queue.send(Outgoing::Msg(msg));
     }
 
-    /// Queues an already encoded frame for the writer.
-    pub fn send_frame(&self, frame: Bytes) {
-        let _ = self.queue.send(Outgoing::Frame(frame));
-    }
-
-    /// Puts a request in flight: returns its id and the receiving ends, or `None` if
-    /// the worker is already gone. The head frame is queued by the caller.
+    /// Puts a request in flight and queues its head frame, made by `encode(id)`, in
+    /// the same critical section as the `Drain` of [`Channel::start_drain`]: a head is
+    /// either queued before the `Drain` (and answered) or refused (`Refused::Gone`,
+    /// nothing sent, so the caller may try another worker), never left behind it.
     /// `streamed_body`: the request body will follow as chunks, under flow control.
-    pub fn register(
+    pub fn register<E>(
         &self,
         lease: Lease,
         method: &http::Method,
         uri: &http::Uri,
         streamed_body: bool,
-    ) -> Option<Exchange> {
+        encode: impl FnOnce(u64) -> Result<Bytes, E>,
+    ) -> Result<Exchange, Refused<E>> {
         let mut t = self.table.lock().unwrap();
-        if t.closed {
-            return None;
+        if t.closed || t.draining {
+            return Err(Refused::Gone);
         }
-        t.next_id += 1;
-        let id = t.next_id;
+        let id = t.next_id + 1;
+        let frame = encode(id).map_err(Refused::Encode)?;
+        t.next_id = id;
+        let _ = self.queue.send(Outgoing::Frame(frame));
         let (head_tx, head) = oneshot::channel();
         let send_window =
             streamed_body.then(|| Arc::new(Semaphore::new(self.send_window as usize)));
@@ -257,11 +269,18 @@ impl Channel {
                 _lease: lease,
             },
         );
-        Some(Exchange {
+        Ok(Exchange {
             id,
             head,
             send_window,
         })
+    }
+
+    /// Queues `Drain`, after which no request is registered (see [`Channel::register`]).
+    pub fn start_drain(&self) {
+        let mut t = self.table.lock().unwrap();
+        t.draining = true;
+        self.send(MasterMsg::Drain);
     }
 
     /// Asks the worker to drop request `id`. Its slot stays taken until the worker
@@ -299,14 +318,6 @@ impl Channel {
             } else if let Some(body) = &e.body {
                 let _ = body.send(Piece::Failed("the worker died mid-response".into()));
             }
-            e.close();
-        }
-    }
-
-    /// Ends request `id`, whose head could not be sent, without involving the worker.
-    pub fn refuse(&self, id: u64) {
-        let entry = self.table.lock().unwrap().entries.remove(&id);
-        if let Some(e) = entry {
             e.close();
         }
     }
@@ -384,7 +395,10 @@ impl Channel {
                     Some(head) => Some(head),
                     // Too late: the client has its 504 and the Cancel is on its way. The
                     // request still ends as the worker says, its body going nowhere.
-                    None if e.timed_out => None,
+                    None if e.timed_out => {
+                        e.timed_out = false; // one late head; a second is a violation
+                        None
+                    }
                     None => {
                         return Err(Violation(format!(
                             "a second ResponseHead for request {}",
@@ -544,5 +558,86 @@ pub async fn write_loop(
         if sink.flush().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Balance;
+    use crate::pool::Pool;
+
+    fn channel_in_a_pool() -> (Arc<Pool>, Arc<Channel>, mpsc::UnboundedReceiver<Outgoing>) {
+        let pool = Pool::new(Balance::LeastOutstanding, 16, Duration::from_secs(5));
+        let (queue, rx) = mpsc::unbounded_channel();
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            pid: 1,
+            max_in_flight: 8,
+            initial_window: DEFAULT_INITIAL_WINDOW,
+            sdk_name: "test".into(),
+            sdk_version: "0".into(),
+        };
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            worker_index: 0,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE as u32,
+            max_in_flight: 8,
+            initial_window: DEFAULT_INITIAL_WINDOW,
+        };
+        let channel = Channel::new(0, 1, queue, &hello, &welcome);
+        pool.add(channel.clone(), 8);
+        (pool, channel, rx)
+    }
+
+    async fn register(
+        pool: &Arc<Pool>,
+        channel: &Channel,
+        frame: &'static [u8],
+    ) -> Result<Exchange, Refused<&'static str>> {
+        let lease = pool.acquire_avoiding(None).await.unwrap();
+        channel.register(
+            lease,
+            &http::Method::GET,
+            &http::Uri::from_static("/"),
+            false,
+            |_| Ok(Bytes::from_static(frame)),
+        )
+    }
+
+    #[tokio::test]
+    async fn no_head_is_ever_queued_behind_a_drain() {
+        let (pool, channel, mut rx) = channel_in_a_pool();
+        let first = register(&pool, &channel, b"first").await.unwrap();
+        channel.start_drain();
+        // Leased before the drain began, registered after: refused, nothing sent.
+        assert!(matches!(
+            register(&pool, &channel, b"second").await,
+            Err(Refused::Gone)
+        ));
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Frame(f)) if f == "first"));
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Msg(MasterMsg::Drain))));
+        assert!(rx.try_recv().is_err(), "nothing after the Drain");
+        assert_eq!(channel.in_flight(), 1);
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn a_head_that_cannot_be_encoded_registers_nothing() {
+        let (pool, channel, mut rx) = channel_in_a_pool();
+        let lease = pool.acquire_avoiding(None).await.unwrap();
+        let refused = channel.register(
+            lease,
+            &http::Method::GET,
+            &http::Uri::from_static("/"),
+            false,
+            |_| Err("too large"),
+        );
+        assert!(matches!(refused, Err(Refused::Encode("too large"))));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(channel.in_flight(), 0);
+        // The id was not used up either.
+        let next = register(&pool, &channel, b"next").await.unwrap();
+        assert_eq!(next.id, 1);
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::body::{CancelGuard, ResponseBody, Stream};
-use crate::channel::{Channel, Lost, Start, StartBody};
+use crate::channel::{Channel, Lost, Refused, Start, StartBody};
 use crate::master::Ctx;
 use crate::pool::NoSlot;
 
@@ -68,18 +68,18 @@ pub async fn handle(req: Request<Incoming>, peer: &str, ctx: Arc<Ctx>) -> Respon
             Err(NoSlot::TimedOut) => return unavailable("no worker became free in time\n"),
         };
         let channel = lease.channel().clone();
-        let Some(exchange) = channel.register(lease, &parts.method, &parts.uri, head.streamed)
-        else {
-            // The worker died between lease and registration: nothing was sent.
-            avoid = Some(channel);
-            continue;
-        };
-        let id = exchange.id;
-        match head.encode(id, channel.max_frame) {
-            Ok(frame) => channel.send_frame(frame),
-            Err(e) => {
+        let registered = channel.register(lease, &parts.method, &parts.uri, head.streamed, |id| {
+            head.encode(id, channel.max_frame)
+        });
+        let exchange = match registered {
+            Ok(x) => x,
+            Err(Refused::Gone) => {
+                // The worker died or began draining after the lease: nothing was sent.
+                avoid = Some(channel);
+                continue;
+            }
+            Err(Refused::Encode(e)) => {
                 // Only a misconfiguration gets here: `Config::check` sizes frames for any head.
-                channel.refuse(id);
                 tracing::error!(
                     "{} {path}: the request head does not fit in a frame: {e}",
                     parts.method
@@ -89,7 +89,8 @@ pub async fn handle(req: Request<Incoming>, peer: &str, ctx: Arc<Ctx>) -> Respon
                     "request head too large\n",
                 );
             }
-        }
+        };
+        let id = exchange.id;
         let mut guard = CancelGuard {
             channel: channel.clone(),
             id,
@@ -202,18 +203,37 @@ impl Head<'_> {
             }),
             _ => None,
         };
+        // HTTP/2 clients may split the cookie header into one field per cookie (RFC 9113
+        // §8.2.3); HTTP/1.1 has one, and frameworks often read only the first.
+        let joined_cookie = h2.then(|| {
+            let cookies = parts.headers.get_all(http::header::COOKIE);
+            let values: Vec<&[u8]> = cookies.iter().map(|v| v.as_bytes()).collect();
+            (values.len() > 1).then(|| values.join(&b"; "[..]))
+        });
+        let joined_cookie = joined_cookie.flatten();
+        // Sized up front: one allocation for the list, whatever is added or dropped.
+        let mut headers = Vec::with_capacity(parts.headers.len() + 2);
+        headers.extend(host);
+        for (n, v) in &parts.headers {
+            if joined_cookie.is_none() || n != http::header::COOKIE {
+                headers.push(Header {
+                    name: BytesRef(n.as_str().as_bytes()),
+                    value: BytesRef(v.as_bytes()),
+                });
+            }
+        }
+        if let Some(c) = &joined_cookie {
+            headers.push(Header {
+                name: BytesRef(b"cookie"),
+                value: BytesRef(c),
+            });
+        }
         let head = RequestHead {
             id,
             method: parts.method.as_str().to_owned(),
             target,
             version: version(parts.version),
-            headers: host
-                .into_iter()
-                .chain(parts.headers.iter().map(|(n, v)| Header {
-                    name: BytesRef(n.as_str().as_bytes()),
-                    value: BytesRef(v.as_bytes()),
-                }))
-                .collect(),
+            headers,
             peer: self.peer.to_owned(),
             body: match (self.inline, self.streamed) {
                 (Some(b), _) => BodyKind::Inline(BytesRef(b)),

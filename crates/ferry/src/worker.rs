@@ -235,7 +235,9 @@ async fn supervise(
             },
             status = child.wait() => {
                 // Its last frames (a drained worker's final responses, its Goodbye) may
-                // still be in the socket: route them before failing what it held.
+                // still be in the socket: route them before failing what it held. It
+                // takes no new requests meanwhile.
+                ctx.pool.remove(&channel);
                 if let Err(v) = read_what_is_left(&channel, &mut reader).await {
                     break End::Violation(v.0);
                 }
@@ -247,7 +249,7 @@ async fn supervise(
             Some(Control::Drain) = control.recv(), if drain_deadline.is_none() => {
                 ctx.pool.remove(&channel);
                 channel.set_state(channel::State::Draining);
-                channel.send(MasterMsg::Drain);
+                channel.start_drain();
                 drain_deadline = Some(Instant::now() + cfg.graceful_timeout);
                 tracing::info!(worker = index, pid, in_flight = channel.describe_in_flight().len(), "draining worker");
             }
@@ -383,10 +385,13 @@ async fn read_what_is_left(
     reader: &mut FramedRead<OwnedReadHalf, MasterCodec>,
 ) -> Result<(), channel::Violation> {
     let rest = async {
-        while let Some(Ok(msg)) = reader.next().await {
-            channel.handle(msg)?;
+        loop {
+            match reader.next().await {
+                Some(Ok(msg)) => channel.handle(msg)?,
+                Some(Err(ProtocolError::Io(_))) | None => return Ok(()),
+                Some(Err(e)) => return Err(channel::Violation(e.to_string())),
+            }
         }
-        Ok(())
     };
     tokio::time::timeout(LEFTOVER_WAIT, rest)
         .await

@@ -131,12 +131,6 @@ fn master_hot_path_allocations_per_request() {
 
         let mut sum = Phases::default();
         for (i, parts) in requests.iter().enumerate() {
-            let a0 = allocs();
-            let lease = pool.acquire_avoiding(None).await.unwrap();
-            let mut exchange = channel
-                .register(lease, &parts.method, &parts.uri, false)
-                .unwrap();
-            let a1 = allocs();
             let head = Head {
                 parts,
                 peer: "",
@@ -144,9 +138,19 @@ fn master_hot_path_allocations_per_request() {
                 streamed: false,
                 length: None,
             };
-            let frame = head.encode(exchange.id, MAX).unwrap();
+            let a0 = allocs();
+            let mut head_allocs = 0;
+            let lease = pool.acquire_avoiding(None).await.unwrap();
+            let mut exchange = channel
+                .register(lease, &parts.method, &parts.uri, false, |id| {
+                    let before = allocs();
+                    let frame = head.encode(id, MAX);
+                    head_allocs = allocs() - before;
+                    frame
+                })
+                .unwrap();
             let a2 = allocs();
-            channel.send_frame(frame);
+            let a1 = a2 - head_allocs;
             let item = rx.try_recv().unwrap();
             codec.encode(item, &mut out).unwrap();
             out.clear();
