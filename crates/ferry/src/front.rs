@@ -207,9 +207,11 @@ fn service(
 }
 
 /// Whether the client's first bytes are the HTTP/2 preface. Peeks, so hyper still
-/// reads everything. Decided at the first byte that differs (any HTTP/1 request
-/// differs at its first byte); only a client that sends a prefix of the preface
-/// and stops makes us wait, and the caller's timeout bounds that.
+/// reads everything. Decided at the first byte that differs (an HTTP/1 request differs
+/// at its first or second byte); only a client that sends a prefix of the preface and
+/// stops makes us wait, and the caller's timeout bounds that. (A `P…` request head
+/// trickled byte by byte can so take up to twice `--header-read-timeout`: this wait,
+/// then hyper's own.)
 async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
     let mut buf = [0u8; 24];
     loop {

@@ -178,10 +178,42 @@ pub fn launch(
     ctx.pool.add(live.channel.clone(), live.limit);
     ctx.stats.worker_up(&live.channel);
     tokio::spawn(async move {
+        let mut guard = Unsupervised {
+            ctx: ctx.clone(),
+            channel: live.channel.clone(),
+            armed: true,
+        };
         let uptime = supervise(&ctx, index, live, control_rx, recycle).await;
+        guard.armed = false;
         let _ = done_tx.send(uptime);
     });
     Instance { pid, control, done }
+}
+
+/// If `supervise` ever panicked, its worker would stay in the pool with nobody to
+/// answer, expire or fail its requests. This does the minimum `supervise` would have
+/// done: out of the pool, requests failed, process group killed. (The slot sees its
+/// `done` dropped and starts a replacement.)
+struct Unsupervised {
+    ctx: Arc<Ctx>,
+    channel: Arc<Channel>,
+    armed: bool,
+}
+
+impl Drop for Unsupervised {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::error!(
+                pid = self.channel.pid,
+                "worker supervisor panicked; killing the worker"
+            );
+            self.ctx.pool.remove(&self.channel);
+            self.channel.fail_all();
+            kill_group(self.channel.pid);
+            self.ctx.forget_pid(self.channel.pid);
+            self.ctx.stats.worker_gone(&self.channel);
+        }
+    }
 }
 
 /// What ended a worker.
