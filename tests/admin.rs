@@ -57,8 +57,9 @@ async fn status_and_metrics_show_the_pool() {
         assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
     }
     let addr = f.addr;
-    let slow = tokio::spawn(async move { get(addr, "/sleep?ms=1000").await });
-    assert!(f.log.wait_for("sleeping 1000 ms", WAIT).is_some());
+    // In flight for as long as the test looks (it is dropped, never answered).
+    let slow = tokio::spawn(async move { get(addr, "/sleep?ms=60000").await });
+    assert!(f.log.wait_for("sleeping 60000 ms", WAIT).is_some());
 
     let s = status(admin).await;
     let mut workers = f.worker_pids();
@@ -90,7 +91,7 @@ async fn status_and_metrics_show_the_pool() {
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
     }
-    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    slow.abort();
 
     // A worker killed and replaced: one exit, one more start, the new pid listed.
     unsafe {
@@ -104,7 +105,7 @@ async fn status_and_metrics_show_the_pool() {
     now.sort();
     assert_eq!(pids_of(&s), now);
     assert!(!pids_of(&s).contains(&workers[0]));
-    assert_eq!(s["responses"]["2xx"], 11, "{s}");
+    assert_eq!(s["responses"]["2xx"], 10, "{s}");
 }
 
 #[tokio::test]

@@ -57,8 +57,20 @@ fn main() {
                 }
             }
         };
-        let MasterMsg::RequestHead(head) = msg else {
-            continue;
+        let head = match msg {
+            MasterMsg::RequestHead(head) => head,
+            // Alive, so that only the misbehaviour under test gets it killed.
+            MasterMsg::Ping(p) => {
+                send(
+                    &mut sock,
+                    &WorkerMsg::Pong(Pong {
+                        nonce: p.nonce,
+                        in_flight: 0,
+                    }),
+                );
+                continue;
+            }
+            _ => continue,
         };
         let id = head.id;
         if head.target == "/evil" {
