@@ -107,11 +107,14 @@ pub struct Config {
     #[arg(long, env = "FERRY_MAX_HEADER_SIZE", default_value = "64KiB", value_parser = bytes)]
     pub max_header_size: u64,
 
-    /// Most header fields in one request; more get 431.
+    /// Most header fields in one HTTP/1.1 request; more get 431 (HTTP/2 is bounded by
+    /// --max-header-size).
     #[arg(long, env = "FERRY_MAX_HEADERS", default_value_t = 100)]
     pub max_headers: usize,
 
-    /// How long a client may take to send a request head (slowloris protection).
+    /// How long a client may take to send a request head (slowloris protection). It
+    /// also bounds the wait for the HTTP/2 preface, and an HTTP/2 connection with no
+    /// request in flight for this long is closed, as an idle HTTP/1.1 one is.
     #[arg(long, env = "FERRY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
 
@@ -125,7 +128,8 @@ pub struct Config {
     pub start_timeout: Duration,
 
     /// Retry once on another worker an idempotent request (GET, HEAD, OPTIONS, PUT,
-    /// DELETE) whose worker died before sending any response bytes.
+    /// DELETE) whose worker died before sending any response bytes and whose body was
+    /// not streamed.
     #[arg(long, env = "FERRY_RETRY_IDEMPOTENT", default_value_t = true, action = clap::ArgAction::Set)]
     pub retry_idempotent: bool,
 

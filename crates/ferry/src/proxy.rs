@@ -3,8 +3,8 @@
 //! for the response head, and turn it into a hyper response.
 //!
 //! Every failure here has its own status: 400 unreadable body, 413 body too large,
-//! 503 no worker slot (queue full or timed out), 504 request timeout, 502 worker
-//! failed or died.
+//! 431 head too large for a frame (a misconfiguration), 503 no worker slot (queue full
+//! or timed out), 504 request timeout, 502 worker failed or died.
 
 use ferry_protocol::*;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};

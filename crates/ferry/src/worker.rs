@@ -1,8 +1,10 @@
 //! One worker process's life: start it and complete its handshake ([`start`]), then
-//! watch it on its own task ([`launch`]): route its frames, ping it, notice when it is
-//! stuck, overdue on a cancellation, due for recycling, or told to drain.
+//! watch it on its own task ([`launch`]): route its frames, ping it, time out its
+//! requests, notice when it is stuck, overdue on a cancellation, due for recycling, or
+//! told to drain.
 //!
-//! A worker ends in exactly one place, the end of `supervise`: whatever ended it
+//! A worker ends in one place, the end of `supervise` (or, should that panic, its drop
+//! guard, which does the minimum): whatever ended it
 //! (exit, EOF, violation, stuck, drain), it leaves the pool first, then its in-flight
 //! requests fail (502, or a retry elsewhere), then its whole process group is killed
 //! and reaped, and one log line says why, with its pid, uptime and requests served.
