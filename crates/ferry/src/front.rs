@@ -199,7 +199,7 @@ fn service(
         let busy = activity.clone().map(Busy::new);
         async move {
             let _busy = busy;
-            let resp = crate::proxy::handle(req, &peer, ctx.clone()).await;
+            let resp = crate::proxy::handle(req, &peer, &ctx).await;
             ctx.stats.count_response(resp.status());
             Ok::<_, Infallible>(resp)
         }

@@ -20,7 +20,7 @@ use crate::pool::NoSlot;
 
 use crate::config::INLINE_BODY_MAX as INLINE_MAX;
 
-pub async fn handle(req: Request<Incoming>, peer: &str, ctx: Arc<Ctx>) -> Response<ResponseBody> {
+pub async fn handle(req: Request<Incoming>, peer: &str, ctx: &Ctx) -> Response<ResponseBody> {
     let cfg = &ctx.config;
     let length = req
         .headers()

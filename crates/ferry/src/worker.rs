@@ -258,14 +258,10 @@ async fn supervise(
 
     let end = loop {
         tokio::select! {
-            frame = reader.next() => match frame {
-                Some(Ok(msg)) => {
-                    if let Err(v) = channel.handle(msg) {
-                        break End::Violation(v.0);
-                    }
-                }
-                Some(Err(ProtocolError::Io(_))) | None => break End::ChannelClosed,
-                Some(Err(e)) => break End::Violation(e.to_string()),
+            frame = reader.next() => match route(&channel, frame) {
+                Ok(true) => {}
+                Ok(false) => break End::ChannelClosed,
+                Err(v) => break End::Violation(v.0),
             },
             status = child.wait() => {
                 // Its last frames (a drained worker's final responses, its Goodbye) may
@@ -419,17 +415,26 @@ async fn read_what_is_left(
     reader: &mut FramedRead<OwnedReadHalf, MasterCodec>,
 ) -> Result<(), channel::Violation> {
     let rest = async {
-        loop {
-            match reader.next().await {
-                Some(Ok(msg)) => channel.handle(msg)?,
-                Some(Err(ProtocolError::Io(_))) | None => return Ok(()),
-                Some(Err(e)) => return Err(channel::Violation(e.to_string())),
-            }
-        }
+        while route(channel, reader.next().await)? {}
+        Ok(())
     };
     tokio::time::timeout(LEFTOVER_WAIT, rest)
         .await
         .unwrap_or(Ok(()))
+}
+
+/// What one read from a worker's channel means: a message is routed (`Ok(true)`: the
+/// channel is still open); EOF or an I/O error closes it (`Ok(false)`); a frame that
+/// does not decode, or a message that breaks the protocol, is a violation.
+fn route(
+    channel: &Channel,
+    frame: Option<Result<WorkerMsg, ProtocolError>>,
+) -> Result<bool, channel::Violation> {
+    match frame {
+        Some(Ok(msg)) => channel.handle(msg).map(|()| true),
+        Some(Err(ProtocolError::Io(_))) | None => Ok(false),
+        Some(Err(e)) => Err(channel::Violation(e.to_string())),
+    }
 }
 
 /// How long [`read_what_is_left`] waits for EOF.
