@@ -17,13 +17,6 @@ fn sole_worker(f: &Ferry) -> u32 {
     pids[0]
 }
 
-async fn post(addr: std::net::SocketAddr, path: &str) -> Resp {
-    Conn::open(addr)
-        .await
-        .send(Request::post(path).body(Full::new(Bytes::new())).unwrap())
-        .await
-}
-
 /// Puts 5 GETs and 5 POSTs in flight on the only worker (they sleep there, and only
 /// there), runs `kill` on it, and checks what the ten clients get.
 async fn ten_in_flight_then(kill: impl FnOnce(&Ferry, u32) -> Option<std::thread::JoinHandle<()>>) {

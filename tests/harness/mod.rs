@@ -346,6 +346,14 @@ pub async fn get(addr: SocketAddr, path: &str) -> Resp {
     Conn::open(addr).await.get(path).await
 }
 
+/// POST with an empty body on a fresh connection.
+pub async fn post(addr: SocketAddr, path: &str) -> Resp {
+    Conn::open(addr)
+        .await
+        .send(Request::post(path).body(Full::new(Bytes::new())).unwrap())
+        .await
+}
+
 /// Writes raw bytes on a new connection and reads until the server closes or
 /// `until` appears in what was read.
 pub fn raw(addr: SocketAddr, request: &[u8], until: &str) -> String {
