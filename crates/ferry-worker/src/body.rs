@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
-use crate::session::Outbox;
+use crate::outbox::Outbox;
 
 /// Any error a body or a service can produce.
 ///

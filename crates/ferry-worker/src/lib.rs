@@ -51,7 +51,10 @@
 mod body;
 mod channel;
 mod direct;
+mod outbox;
+mod response;
 mod session;
+mod writer;
 
 pub use body::{Body, BoxError};
 pub use http::{Request, Response, StatusCode};

@@ -1,131 +1,32 @@
-//! One worker's life on its channel: the handshake, a reader loop that runs each
-//! request's handler (on a single-threaded runtime, right there until it first has
-//! to wait; then, or always on others, as a task of its own), and a writer task that coalesces every queued frame into one write. This
-//! module owns the table of requests in flight.
-//!
-//! The table is the arbiter of the protocol's one rule for a worker: every request
-//! id gets exactly one terminal message, and nothing after it. Frames for an id are
-//! queued only while the id is in the table (checked under the table's lock), and
-//! whoever removes the id, the request's own task finishing or a `Cancel` arriving,
-//! queues the terminal message in the same critical section.
+//! One worker's life on its channel: the handshake, then a reader loop that routes
+//! every message from the master and runs each request's handler (on a
+//! single-threaded runtime, right there until it first has to wait; then, or always
+//! on others, as a task of its own). The table of requests in flight is
+//! `outbox.rs`'s, the writer task `writer.rs`'s, and a response's way out
+//! `response.rs`'s.
 
 use bytes::Bytes;
 use ferry_protocol::codec::WorkerCodec;
 use ferry_protocol::*;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::{Request, Response};
-use http_body::Body as _;
-use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, Notify, Semaphore};
-use tokio::task::AbortHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tower::ServiceExt;
 
 use crate::body::{Body, BoxError, Piece};
+use crate::outbox::{inline_response, Active, Outbox, Shared};
+use crate::response::{send_response, Sizes};
+use crate::writer::write_loop;
 use crate::{RequestInfo, Worker};
 
-/// Largest body a response may carry inline in its head frame.
-const INLINE_MAX: usize = 64 * 1024;
 /// Largest data carried by one body chunk frame.
 const CHUNK_MAX: usize = 64 * 1024;
-
-struct Active {
-    /// Where request-body chunks for this id go, while the body is still arriving.
-    body: Option<mpsc::UnboundedSender<Piece>>,
-    /// Response-body bytes we may still send before the master grants more.
-    window: Arc<Semaphore>,
-    abort: Option<AbortHandle>,
-    /// Whether the response head went out: after it, a failure can only be `Failed`.
-    head_sent: bool,
-}
-
-struct Shared {
-    requests: Mutex<HashMap<u64, Active>>,
-    queue: mpsc::UnboundedSender<WorkerMsg>,
-    /// Signalled when the table empties, so a drain can finish.
-    idle: Notify,
-}
-
-/// The handle request tasks and bodies use to send frames.
-#[derive(Clone)]
-pub(crate) struct Outbox(Arc<Shared>);
-
-impl Outbox {
-    /// Queues `msg` for `id` only if `id` is still in flight.
-    fn send_if_active(&self, id: u64, msg: WorkerMsg) -> bool {
-        let table = self.0.requests.lock().unwrap();
-        table.contains_key(&id) && self.0.queue.send(msg).is_ok()
-    }
-
-    /// Ends `id` with its terminal message, unless something else already ended it.
-    fn finish(&self, id: u64, terminal: WorkerMsg) -> bool {
-        let mut table = self.0.requests.lock().unwrap();
-        let Some(active) = table.remove(&id) else {
-            return false;
-        };
-        drop(active);
-        let _ = self.0.queue.send(terminal);
-        if table.is_empty() {
-            self.0.idle.notify_one();
-        }
-        true
-    }
-
-    /// Queues the streamed response head of `id`, remembering that it went out.
-    fn send_head(&self, id: u64, head: WorkerMsg) -> bool {
-        let mut table = self.0.requests.lock().unwrap();
-        match table.get_mut(&id) {
-            Some(a) => {
-                a.head_sent = true;
-                self.0.queue.send(head).is_ok()
-            }
-            None => false,
-        }
-    }
-
-    /// Ends `id` after its handler panicked: a 500 if no head went out yet, else `Failed`.
-    fn finish_after_panic(&self, id: u64) {
-        let head_sent = self
-            .0
-            .requests
-            .lock()
-            .unwrap()
-            .get(&id)
-            .is_some_and(|a| a.head_sent);
-        let terminal = if head_sent {
-            WorkerMsg::Failed(RequestFailed {
-                id,
-                reason: "handler panicked".into(),
-            })
-        } else {
-            inline_response(id, 500, "Internal Server Error\n")
-        };
-        self.finish(id, terminal);
-    }
-
-    /// Grants the master `n` more request-body bytes for `id`.
-    pub(crate) fn credit(&self, id: u64, n: usize) {
-        if n > 0 {
-            self.send_if_active(
-                id,
-                WorkerMsg::Credit(Credit {
-                    id,
-                    bytes: n as u32,
-                }),
-            );
-        }
-    }
-
-    fn send(&self, msg: WorkerMsg) {
-        let _ = self.0.queue.send(msg);
-    }
-}
 
 /// Why a session ended without error.
 pub(crate) enum End {
@@ -190,10 +91,12 @@ where
     let limits = Limits {
         max_in_flight: cfg.max_in_flight.min(welcome.max_in_flight).max(1) as usize,
         window: welcome.initial_window,
-        chunk: CHUNK_MAX
-            .min(welcome.initial_window.max(1) as usize)
-            .min(max_frame.saturating_sub(BODY_CHUNK_OVERHEAD).max(1)),
-        max_frame,
+        sizes: Sizes {
+            chunk: CHUNK_MAX
+                .min(welcome.initial_window.max(1) as usize)
+                .min(max_frame.saturating_sub(BODY_CHUNK_OVERHEAD).max(1)),
+            max_frame,
+        },
         // A quarter of our window: the master never stalls, and credits stay few.
         credit_every: (cfg.initial_window as usize / 4).max(1),
         // On one thread, running a handler's first steps right away costs nothing and
@@ -307,10 +210,8 @@ struct Limits {
     max_in_flight: usize,
     /// Response-body window the master granted each request.
     window: u32,
-    /// Largest data per body chunk we send.
-    chunk: usize,
-    /// Largest frame either side accepts.
-    max_frame: usize,
+    /// How responses are cut into frames.
+    sizes: Sizes,
     /// Request-body bytes read before they are credited back in one `Credit`.
     credit_every: usize,
     /// Poll each handler once on the reader before giving it a task.
@@ -322,68 +223,6 @@ fn abort_all(shared: &Shared) {
         if let Some(abort) = active.abort {
             abort.abort();
         }
-    }
-}
-
-/// Drains every frame already queued into the buffer, then flushes once: under load
-/// one write carries many frames.
-async fn write_loop(
-    mut rx: mpsc::UnboundedReceiver<WorkerMsg>,
-    mut sink: FramedWrite<OwnedWriteHalf, WorkerCodec>,
-) {
-    // Requests whose streamed head was refused: their later frames are dropped, since
-    // the master never saw the head.
-    let mut refused = std::collections::HashSet::new();
-    while let Some(msg) = rx.recv().await {
-        let mut next = Some(msg);
-        while let Some(msg) = next {
-            next = rx.try_recv().ok();
-            let id = request_id(&msg);
-            if let Some(id) = id.filter(|id| refused.contains(id)) {
-                if matches!(msg, WorkerMsg::BodyEnd(_) | WorkerMsg::Failed(_)) {
-                    refused.remove(&id);
-                }
-                continue;
-            }
-            let streamed = matches!(&msg, WorkerMsg::ResponseHead(h) if matches!(h.body, BodyKind::Streamed { .. }));
-            match sink.feed(msg).await {
-                Ok(()) => {}
-                Err(ProtocolError::Io(e)) => {
-                    tracing::debug!("channel write failed: {e}");
-                    return;
-                }
-                // Too large for a frame: nothing was buffered. A refused response head
-                // becomes a clean failure of its request, so the master is not left waiting.
-                Err(e) => {
-                    tracing::error!("a frame exceeds the channel's limit and was not sent: {e}");
-                    if let Some(id) = id {
-                        let reason = format!("the response could not be sent: {e}");
-                        let _ = sink
-                            .feed(WorkerMsg::Failed(RequestFailed { id, reason }))
-                            .await;
-                        if streamed {
-                            refused.insert(id);
-                        }
-                    }
-                }
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = sink.flush().await;
-}
-
-/// The request a response-side frame belongs to.
-fn request_id(msg: &WorkerMsg) -> Option<u64> {
-    match msg {
-        WorkerMsg::ResponseHead(m) => Some(m.id),
-        WorkerMsg::BodyChunk(m) => Some(m.id),
-        WorkerMsg::BodyEnd(m) => Some(m.id),
-        WorkerMsg::Credit(m) => Some(m.id),
-        WorkerMsg::Failed(m) => Some(m.id),
-        _ => None,
     }
 }
 
@@ -450,7 +289,7 @@ where
             // Errors become `BoxError` at once: `S::Error` need not be `Send`.
             let result = svc.oneshot(request).await.map_err(Into::<BoxError>::into);
             match result {
-                Ok(resp) => send_response(id, resp, &out, &window, &limits).await,
+                Ok(resp) => send_response(id, resp, &out, &window, limits.sizes).await,
                 Err(e) => {
                     tracing::error!(%method, path, "handler failed: {e}");
                     out.finish(id, inline_response(id, 500, "Internal Server Error\n"));
@@ -511,176 +350,6 @@ fn build_request(head: RequestHead, body: Body) -> Result<Request<Body>, &'stati
         peer: head.peer,
     });
     Ok(req)
-}
-
-fn inline_response(id: u64, status: u16, body: &'static str) -> WorkerMsg {
-    WorkerMsg::ResponseHead(ResponseHead {
-        id,
-        status,
-        headers: vec![Header::new(
-            Bytes::from_static(b"content-type"),
-            Bytes::from_static(b"text/plain"),
-        )],
-        body: BodyKind::Inline(Bytes::from_static(body.as_bytes())),
-    })
-}
-
-async fn send_response<B>(
-    id: u64,
-    resp: Response<B>,
-    out: &Outbox,
-    window: &Semaphore,
-    limits: &Limits,
-) where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let (parts, body) = resp.into_parts();
-    let status = parts.status.as_u16();
-    let headers = headers_from_map(&parts.headers);
-    let mut body = std::pin::pin!(body);
-    let head = |headers, body| {
-        WorkerMsg::ResponseHead(ResponseHead {
-            id,
-            status,
-            headers,
-            body,
-        })
-    };
-
-    if body.is_end_stream() {
-        out.finish(id, head(headers, BodyKind::Empty));
-        return;
-    }
-    let length = body.size_hint().exact();
-    // Peek at the first frame: a body that is complete after it rides inline.
-    let first = match body.frame().await {
-        None => {
-            out.finish(id, head(headers, BodyKind::Empty));
-            return;
-        }
-        Some(Err(e)) => {
-            tracing::error!(
-                id,
-                "response body failed before its first byte: {}",
-                e.into()
-            );
-            out.finish(id, inline_response(id, 500, "Internal Server Error\n"));
-            return;
-        }
-        Some(Ok(frame)) => frame,
-    };
-    if let Some(data) = first.data_ref() {
-        // Inline only what surely fits in one frame with the head (16 bytes of lengths
-        // per header, and room for the fixed fields).
-        let head_size = 64
-            + headers
-                .iter()
-                .map(|h| 16 + h.name.len() + h.value.len())
-                .sum::<usize>();
-        if body.is_end_stream()
-            && data.len() <= INLINE_MAX
-            && head_size + data.len() <= limits.max_frame
-        {
-            let data = first.into_data().unwrap_or_default();
-            out.finish(id, head(headers, BodyKind::Inline(data)));
-            return;
-        }
-    }
-    if !out.send_head(id, head(headers, BodyKind::Streamed { length })) {
-        return;
-    }
-    // The declared length is the client's Content-Length, and the master treats a
-    // body that breaks it as a protocol violation (it kills the worker). A body whose
-    // size hint was wrong fails only its own request.
-    let mut left = length;
-    let broken = |reason: String| {
-        tracing::error!(id, "{reason}");
-        out.finish(id, WorkerMsg::Failed(RequestFailed { id, reason }));
-    };
-    let short = |left: Option<u64>| match left {
-        Some(n) if n > 0 => Some(format!(
-            "the response body ended {n} bytes short of its declared length {}",
-            length.unwrap_or_default()
-        )),
-        _ => None,
-    };
-    let mut next: Option<Result<http_body::Frame<Bytes>, BoxError>> = Some(Ok(first));
-    loop {
-        match next {
-            None => {
-                match short(left) {
-                    Some(reason) => broken(reason),
-                    None => {
-                        out.finish(
-                            id,
-                            WorkerMsg::BodyEnd(BodyEnd {
-                                id,
-                                trailers: vec![],
-                            }),
-                        );
-                    }
-                }
-                return;
-            }
-            Some(Err(e)) => {
-                tracing::error!(id, "response body failed: {e}");
-                out.finish(
-                    id,
-                    WorkerMsg::Failed(RequestFailed {
-                        id,
-                        reason: format!("response body failed: {e}"),
-                    }),
-                );
-                return;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(mut data) => {
-                    if let Some(l) = &mut left {
-                        match l.checked_sub(data.len() as u64) {
-                            Some(rest) => *l = rest,
-                            None => {
-                                broken(format!(
-                                    "the response body ran past its declared length {}",
-                                    length.unwrap_or_default()
-                                ));
-                                return;
-                            }
-                        }
-                    }
-                    while !data.is_empty() {
-                        let piece = data.split_to(data.len().min(limits.chunk));
-                        match window.acquire_many(piece.len() as u32).await {
-                            Ok(permit) => permit.forget(),
-                            Err(_) => return,
-                        }
-                        if !out
-                            .send_if_active(id, WorkerMsg::BodyChunk(BodyChunk { id, data: piece }))
-                        {
-                            return;
-                        }
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        if let Some(reason) = short(left) {
-                            broken(reason);
-                            return;
-                        }
-                        out.finish(
-                            id,
-                            WorkerMsg::BodyEnd(BodyEnd {
-                                id,
-                                trailers: headers_from_map(&trailers),
-                            }),
-                        );
-                        return;
-                    }
-                }
-            },
-        }
-        next = body.frame().await.map(|r| r.map_err(Into::into));
-    }
 }
 
 fn invalid(msg: String) -> io::Error {

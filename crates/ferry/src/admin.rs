@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-use crate::master::Ctx;
+use crate::ctx::Ctx;
 
 /// Serves admin requests until the process exits.
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
@@ -142,7 +142,7 @@ pub fn status(ctx: &Ctx) -> Status {
             uptime_seconds: seconds(c.started.elapsed()),
             in_flight: c.in_flight(),
             served: c.served(),
-            rss_bytes: crate::worker::rss_of(c.pid),
+            rss_bytes: crate::process::rss_of(c.pid),
         })
         .collect();
     Status {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
-use crate::channel::{Channel, Piece};
+use crate::dispatch::channel::Channel;
+use crate::dispatch::table::Piece;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

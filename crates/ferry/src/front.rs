@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::master::Ctx;
+use crate::ctx::Ctx;
 
 /// hyper refuses read buffers under 8 KiB.
 const MIN_BUF: usize = 8192;

@@ -2,23 +2,49 @@
 //! runtime; everything else lives here, public so that benchmarks and tests can
 //! drive the real code. It is not a stable API.
 //!
-//! Modules, in the order a request meets them: [`front`] (HTTP), [`proxy`] (one
-//! request's exchange), [`pool`] (which worker), [`channel`] (the worker's channel),
-//! [`body`] (the response body). Workers: [`spawn`] (starting processes), [`worker`]
-//! (one process's life), [`slot`] (restarts and replacement), [`slots`] (the set of
-//! slots: pool size, reload, stop), [`master`] (top level, signals), [`config`] (options).
-//! Observing it: [`stats`] (counters, live workers), [`admin`] (`/status`, `/metrics`).
+//! Modules, in the order a request meets them: [`front`] (HTTP connections),
+//! [`proxy`] (one request's exchange), [`dispatch`] (the pool, the table of requests
+//! in flight on each worker, its channel and writer), [`body`] (the response body
+//! back to the client). The workers behind it: [`worker`] (one process's handshake
+//! and supervision), [`spawn`] (forking a process), [`process`] (signals, memory,
+//! exit statuses), [`slot`] (restarts and replacement), [`slots`] (the set of slots:
+//! pool size, reload, stop). Holding it together: [`master`] (the top: binds,
+//! signals), [`ctx`] (what every part shares), [`config`] (options). Observing it:
+//! [`stats`] (counters, live workers), [`admin`] (`/status`, `/metrics`).
+//!
+//! The arrows between modules run one way (`tests/layout.rs` fails on a cycle):
+//! `master` uses everything; `front` → `proxy` → `body` → `dispatch`; `slots` →
+//! `slot` → `worker` → `dispatch`, `spawn`, `process`; most use `ctx`, which uses
+//! only `dispatch`, `spawn`, `stats`, `process` and `config`.
+
+// The request's path, in order. (Blank lines keep rustfmt from sorting them.)
+pub mod front;
+
+pub mod proxy;
+
+pub mod dispatch;
+
+pub mod body;
+
+// The workers behind it.
+pub mod worker;
+
+pub mod spawn;
+
+pub mod process;
+
+pub mod slot;
+
+pub mod slots;
+
+// Holding it together.
+pub mod master;
+
+pub mod ctx;
+
+pub mod config;
+
+// Observing it.
+pub mod stats;
 
 pub mod admin;
-pub mod body;
-pub mod channel;
-pub mod config;
-pub mod front;
-pub mod master;
-pub mod pool;
-pub mod proxy;
-pub mod slot;
-pub mod slots;
-pub mod spawn;
-pub mod stats;
-pub mod worker;

@@ -7,57 +7,18 @@
 //! every worker, one at a time, each replacement ready before its predecessor drains.
 //! SIGTTIN adds a worker, SIGTTOU drains one away (`slots.rs`).
 
-use std::collections::HashSet;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pool::Pool;
+use crate::ctx::Ctx;
 use crate::slot::Trigger;
 use crate::slots::Slots;
 use crate::spawn::Spawner;
-
-/// What every part of the master shares.
-pub struct Ctx {
-    pub config: Config,
-    pub command: Arc<Vec<String>>,
-    pub pool: Arc<Pool>,
-    pub spawner: Spawner,
-    /// Held while a worker is being replaced: one replacement at a time, pool-wide.
-    pub recycle_lock: tokio::sync::Mutex<()>,
-    /// Every worker process alive, for an immediate stop.
-    pids: Mutex<HashSet<u32>>,
-    /// Counters and live workers, for the admin endpoint.
-    pub stats: crate::stats::Stats,
-}
-
-impl Ctx {
-    pub fn remember_pid(&self, pid: u32) {
-        self.pids.lock().unwrap().insert(pid);
-    }
-
-    pub fn forget_pid(&self, pid: u32) {
-        self.pids.lock().unwrap().remove(&pid);
-    }
-
-    /// Kills every worker's process group.
-    fn kill_all(&self) {
-        for pid in self.pids.lock().unwrap().drain() {
-            crate::worker::kill_group(pid);
-        }
-    }
-
-    /// The number of requests after which a new worker is recycled: drawn per worker
-    /// from `[max_requests, max_requests + jitter]`, so workers drift apart.
-    pub fn request_limit(&self) -> Option<u64> {
-        let (n, j) = (self.config.max_requests, self.config.max_requests_jitter);
-        (n > 0).then(|| fastrand::u64(n..=n.saturating_add(j)))
-    }
-}
 
 pub async fn run(config: Config) -> ExitCode {
     if let Err(e) = config.check() {
@@ -96,15 +57,7 @@ pub async fn run(config: Config) -> ExitCode {
         }
     };
     let workers = config.workers();
-    let ctx = Arc::new(Ctx {
-        command: Arc::new(config.command.clone()),
-        pool: Pool::new(config.balance, config.queue_size, config.queue_timeout),
-        spawner: Spawner::start(tokio::runtime::Handle::current()),
-        recycle_lock: tokio::sync::Mutex::new(()),
-        pids: Mutex::new(HashSet::new()),
-        stats: Default::default(),
-        config,
-    });
+    let ctx = Ctx::new(config, Spawner::start(tokio::runtime::Handle::current()));
 
     let slots = Slots::new(ctx.clone());
     let boots: Vec<_> = (0..workers).map(|_| slots.add().1).collect();

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::body::{CancelGuard, ResponseBody, Stream};
-use crate::channel::{Channel, Lost, Refused, Start, StartBody};
-use crate::master::Ctx;
-use crate::pool::NoSlot;
+use crate::ctx::Ctx;
+use crate::dispatch::channel::Channel;
+use crate::dispatch::pool::NoSlot;
+use crate::dispatch::table::{Lost, Refused, Start, StartBody};
 
 use crate::config::INLINE_BODY_MAX as INLINE_MAX;
 

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::master::Ctx;
-use crate::worker::{self, Control, Instance, StartError};
+use crate::ctx::Ctx;
+use crate::worker::{self, Control, Instance, RecycleMe, StartError};
 
 /// A worker that lived this long is not "dying young": its replacement starts at once.
 pub const STABLE: Duration = Duration::from_secs(60);
@@ -25,9 +25,6 @@ const MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// What a slot can be asked to do.
 pub enum Trigger {
-    /// The worker `pid` asks to be replaced (a trigger from a worker already
-    /// replaced is ignored).
-    Recycle { pid: u32, why: String },
     /// Replace the worker with a fresh one (SIGHUP); acknowledged when the old one is gone.
     Reload(oneshot::Sender<()>),
     /// Drain the worker and stop for good (shutdown); acknowledged when it is gone.
@@ -62,7 +59,6 @@ pub async fn run_slot(
     index: usize,
     boot: oneshot::Sender<Result<(), StartError>>,
     mut triggers: mpsc::UnboundedReceiver<Trigger>,
-    to_self: mpsc::UnboundedSender<Trigger>,
 ) {
     let mut boot = Some(boot);
     let mut backoff = Backoff::new();
@@ -74,7 +70,7 @@ pub async fn run_slot(
                     if let Some(b) = boot.take() {
                         let _ = b.send(Ok(()));
                     }
-                    current = Some(worker::launch(ctx.clone(), index, live, to_self.clone()));
+                    current = Some(worker::launch(ctx.clone(), index, live));
                 }
                 Err(e) => {
                     if let Some(b) = boot.take() {
@@ -107,13 +103,13 @@ pub async fn run_slot(
                     }
                 }
             }
+            // The worker's own request: only this instance's, so never a stale one.
+            Some(RecycleMe { why }) = inst.recycle.recv() => {
+                replace(&ctx, index, &mut current, &format!("recycling worker: {why}")).await;
+            }
             Some(trigger) = triggers.recv() => match trigger {
-                Trigger::Recycle { pid, why } if pid == inst.pid => {
-                    replace(&ctx, index, &mut current, &to_self, &format!("recycling worker: {why}")).await;
-                }
-                Trigger::Recycle { .. } => {}
                 Trigger::Reload(ack) => {
-                    replace(&ctx, index, &mut current, &to_self, "reloading worker").await;
+                    replace(&ctx, index, &mut current, "reloading worker").await;
                     let _ = ack.send(());
                 }
                 Trigger::Stop(ack) => {
@@ -129,13 +125,7 @@ pub async fn run_slot(
 
 /// Starts a replacement, puts it in service, then drains the old worker and waits
 /// for it to go, all under the master-wide recycle lock.
-async fn replace(
-    ctx: &Arc<Ctx>,
-    index: usize,
-    current: &mut Option<Instance>,
-    to_self: &mpsc::UnboundedSender<Trigger>,
-    why: &str,
-) {
+async fn replace(ctx: &Arc<Ctx>, index: usize, current: &mut Option<Instance>, why: &str) {
     let _one_at_a_time = ctx.recycle_lock.lock().await;
     tracing::info!(
         worker = index,
@@ -143,7 +133,7 @@ async fn replace(
         "{why}"
     );
     let new = match worker::start(ctx, index).await {
-        Ok(live) => worker::launch(ctx.clone(), index, live, to_self.clone()),
+        Ok(live) => worker::launch(ctx.clone(), index, live),
         Err(e) => {
             // Keep the old worker serving: a bad deploy must not empty the pool.
             tracing::error!(
@@ -182,7 +172,6 @@ async fn wait_or_stop(delay: Duration, triggers: &mut mpsc::UnboundedReceiver<Tr
                 Some(Trigger::Reload(ack)) => {
                     let _ = ack.send(());
                 }
-                Some(Trigger::Recycle { .. }) => {}
                 None => return true,
             },
         }

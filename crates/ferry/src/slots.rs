@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::master::Ctx;
+use crate::ctx::Ctx;
 use crate::slot::Trigger;
 use crate::worker::StartError;
 
@@ -70,7 +70,6 @@ impl Slots {
             index,
             boot,
             triggers,
-            to_slot.clone(),
         ));
         if index == list.len() {
             list.push(to_slot.clone());

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::channel::Channel;
+use crate::dispatch::channel::Channel;
 
 pub struct Stats {
     pub started: Instant,

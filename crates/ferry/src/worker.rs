@@ -22,9 +22,11 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::channel::{self, Channel, Outgoing, OutgoingCodec};
-use crate::master::Ctx;
-use crate::slot::Trigger;
+use crate::ctx::Ctx;
+use crate::dispatch::channel::{self, Channel};
+use crate::dispatch::table::Violation;
+use crate::dispatch::writer::{self, Outgoing, OutgoingCodec};
+use crate::process::{kill_group, rss_of, signal_group, ExitDescription};
 use crate::spawn::Spawned;
 
 /// Why a worker could not be started.
@@ -96,7 +98,7 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
         Ok(None) => {
             let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
             Err(match status {
-                Ok(Ok(s)) => exit_error(s).to_string(),
+                Ok(Ok(s)) => ExitDescription(s).to_string(),
                 _ => "it closed its channel (fd 3) before the handshake".into(),
             })
         }
@@ -141,7 +143,7 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
     writer.set_backpressure_boundary(256 * 1024);
     let (queue, rx) = mpsc::unbounded_channel();
     let channel = Channel::new(index, pid, queue, &hello, &welcome);
-    tokio::spawn(channel::write_loop(rx, writer));
+    tokio::spawn(writer::write_loop(rx, writer));
     let limit = (cfg.concurrency.min(hello.max_in_flight).max(1)) as usize;
     tracing::info!(worker = index, pid, sdk = %format!("{} {}", hello.sdk_name, hello.sdk_version), "worker started");
     Ok(Live {
@@ -158,24 +160,27 @@ pub enum Control {
     Drain,
 }
 
+/// What a running worker's supervisor asks of its slot: replace this worker (it
+/// served its `--max-requests`, or outgrew `--max-memory`), because of `why`.
+pub struct RecycleMe {
+    pub why: String,
+}
+
 /// A worker the supervisor is watching.
 pub struct Instance {
     pub pid: u32,
     pub control: mpsc::UnboundedSender<Control>,
     /// Resolves with how long the worker lived, once it is gone and reaped.
     pub done: oneshot::Receiver<Duration>,
+    /// Where the supervisor asks, at most once, for this worker to be replaced.
+    pub recycle: mpsc::UnboundedReceiver<RecycleMe>,
 }
 
 /// Puts a started worker in the pool and watches it on its own task.
-/// `recycle` is how the worker asks its slot to replace it (max requests, memory).
-pub fn launch(
-    ctx: Arc<Ctx>,
-    index: usize,
-    live: Live,
-    recycle: mpsc::UnboundedSender<Trigger>,
-) -> Instance {
+pub fn launch(ctx: Arc<Ctx>, index: usize, live: Live) -> Instance {
     let pid = live.channel.pid;
     let (control, control_rx) = mpsc::unbounded_channel();
+    let (recycle, recycle_rx) = mpsc::unbounded_channel();
     let (done_tx, done) = oneshot::channel();
     ctx.pool.add(live.channel.clone(), live.limit);
     ctx.stats.worker_up(&live.channel);
@@ -189,7 +194,12 @@ pub fn launch(
         guard.armed = false;
         let _ = done_tx.send(uptime);
     });
-    Instance { pid, control, done }
+    Instance {
+        pid,
+        control,
+        done,
+        recycle: recycle_rx,
+    }
 }
 
 /// If `supervise` ever panicked, its worker would stay in the pool with nobody to
@@ -235,7 +245,7 @@ async fn supervise(
     index: usize,
     live: Live,
     mut control: mpsc::UnboundedReceiver<Control>,
-    recycle: mpsc::UnboundedSender<Trigger>,
+    recycle: mpsc::UnboundedSender<RecycleMe>,
 ) -> Duration {
     let cfg = &ctx.config;
     let Live {
@@ -313,7 +323,7 @@ async fn supervise(
                 };
                 if let Some(why) = why {
                     asked_to_recycle = true;
-                    let _ = recycle.send(Trigger::Recycle { pid, why });
+                    let _ = recycle.send(RecycleMe { why });
                 }
             }
         }
@@ -359,7 +369,7 @@ async fn supervise(
     ctx.forget_pid(pid);
     let status = status.map_or_else(
         || "unknown status".to_string(),
-        |s| exit_error(s).to_string(),
+        |s| ExitDescription(s).to_string(),
     );
     let uptime = started.elapsed();
     let served = channel.served();
@@ -413,7 +423,7 @@ fn expiry_period(request_timeout: Duration) -> Duration {
 async fn read_what_is_left(
     channel: &Channel,
     reader: &mut FramedRead<OwnedReadHalf, MasterCodec>,
-) -> Result<(), channel::Violation> {
+) -> Result<(), Violation> {
     let rest = async {
         while route(channel, reader.next().await)? {}
         Ok(())
@@ -429,64 +439,16 @@ async fn read_what_is_left(
 fn route(
     channel: &Channel,
     frame: Option<Result<WorkerMsg, ProtocolError>>,
-) -> Result<bool, channel::Violation> {
+) -> Result<bool, Violation> {
     match frame {
         Some(Ok(msg)) => channel.handle(msg).map(|()| true),
         Some(Err(ProtocolError::Io(_))) | None => Ok(false),
-        Some(Err(e)) => Err(channel::Violation(e.to_string())),
+        Some(Err(e)) => Err(Violation(e.to_string())),
     }
 }
 
 /// How long [`read_what_is_left`] waits for EOF.
 const LEFTOVER_WAIT: Duration = Duration::from_millis(500);
-
-/// Resident set size of `pid`, in bytes.
-pub fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_rss(&status)
-}
-
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
-/// Kills a worker's whole process group, so nothing it started outlives it.
-pub fn kill_group(pid: u32) {
-    signal_group(pid, libc::SIGKILL);
-}
-
-fn signal_group(pid: u32, signal: libc::c_int) {
-    if pid > 0 {
-        // The group id is the worker's pid (it was made a group leader at spawn).
-        unsafe {
-            libc::kill(-(pid as libc::pid_t), signal);
-        }
-    }
-}
-
-struct ExitDescription(ExitStatus);
-
-impl fmt::Display for ExitDescription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use std::os::unix::process::ExitStatusExt;
-        match (self.0.code(), self.0.signal()) {
-            (Some(code), _) => write!(f, "exited with status {code}"),
-            (None, Some(sig)) => write!(f, "killed by signal {sig}"),
-            _ => write!(f, "ended with {}", self.0),
-        }
-    }
-}
-
-fn exit_error(s: ExitStatus) -> ExitDescription {
-    ExitDescription(s)
-}
 
 fn kind(m: &WorkerMsg) -> &'static str {
     match m {
@@ -514,12 +476,5 @@ mod tests {
         );
         assert_eq!(super::expiry_period(ms(500)), ms(25));
         assert_eq!(super::expiry_period(ms(50)), ms(10));
-    }
-
-    #[test]
-    fn vm_rss_is_read_in_bytes() {
-        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t    1536 kB\nThreads: 1\n";
-        assert_eq!(super::parse_vm_rss(status), Some(1536 * 1024));
-        assert_eq!(super::parse_vm_rss("Name: x\n"), None);
     }
 }

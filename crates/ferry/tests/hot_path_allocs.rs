@@ -8,10 +8,10 @@
 //! channels) is bounded too, so a regression shows up as a failing count.
 
 use bytes::{Bytes, BytesMut};
-use ferry::channel::Channel;
-use ferry::channel::OutgoingCodec;
 use ferry::config::Balance;
-use ferry::pool::Pool;
+use ferry::dispatch::channel::Channel;
+use ferry::dispatch::pool::Pool;
+use ferry::dispatch::writer::OutgoingCodec;
 use ferry::proxy::Head;
 use ferry_protocol::codec::MasterCodec;
 use ferry_protocol::frame::{decode_worker, encode_worker, split_frame};

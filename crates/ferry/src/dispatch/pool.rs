@@ -5,32 +5,36 @@
 //! a worker, and goes to whichever worker frees a slot first. A slot is held by a
 //! [`Lease`]; dropping the lease (when the worker sends the request's terminal
 //! message, or the worker dies) frees the slot and hands it to the oldest waiter.
+//!
+//! The pool knows its workers only as shared handles (`Arc<W>`, compared by
+//! address): it is generic so that it depends on nothing above it. The master's
+//! pool is `Pool<Channel>`; a lease lives in its request's entry of the channel's
+//! table (`table.rs`), which is how a terminal message frees the slot.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-use crate::channel::Channel;
 use crate::config::Balance;
 
-pub struct Pool {
-    state: Mutex<State>,
+pub struct Pool<W> {
+    state: Mutex<State<W>>,
     balance: Balance,
     queue_size: usize,
     queue_timeout: Duration,
 }
 
-struct State {
+struct State<W> {
     /// One entry per ready worker.
-    ready: Vec<Ready>,
+    ready: Vec<Ready<W>>,
     /// Where the round-robin scan starts next.
     cursor: usize,
-    waiters: VecDeque<oneshot::Sender<Lease>>,
+    waiters: VecDeque<oneshot::Sender<Lease<W>>>,
 }
 
-struct Ready {
-    channel: Arc<Channel>,
+struct Ready<W> {
+    channel: Arc<W>,
     in_flight: usize,
     limit: usize,
 }
@@ -45,20 +49,20 @@ pub enum NoSlot {
 }
 
 /// One request's claim on one worker slot.
-pub struct Lease {
-    pool: Arc<Pool>,
-    channel: Arc<Channel>,
+pub struct Lease<W> {
+    pool: Arc<Pool<W>>,
+    channel: Arc<W>,
     /// False only for a lease taken back under the pool's lock, whose count was already undone.
     armed: bool,
 }
 
-impl Lease {
-    pub fn channel(&self) -> &Arc<Channel> {
+impl<W> Lease<W> {
+    pub fn channel(&self) -> &Arc<W> {
         &self.channel
     }
 }
 
-impl Drop for Lease {
+impl<W> Drop for Lease<W> {
     fn drop(&mut self) {
         if self.armed {
             self.pool.release(&self.channel);
@@ -66,7 +70,7 @@ impl Drop for Lease {
     }
 }
 
-impl Pool {
+impl<W> Pool<W> {
     pub fn new(balance: Balance, queue_size: usize, queue_timeout: Duration) -> Arc<Self> {
         Arc::new(Pool {
             state: Mutex::new(State {
@@ -82,7 +86,7 @@ impl Pool {
 
     /// A worker finished its handshake: it takes requests from now on, starting
     /// with any that are waiting.
-    pub fn add(self: &Arc<Self>, channel: Arc<Channel>, limit: usize) {
+    pub fn add(self: &Arc<Self>, channel: Arc<W>, limit: usize) {
         let mut st = self.state.lock().unwrap();
         st.ready.push(Ready {
             channel: channel.clone(),
@@ -104,7 +108,7 @@ impl Pool {
     }
 
     /// A worker leaves the pool (it died, or is draining): no new requests go to it.
-    pub fn remove(&self, channel: &Arc<Channel>) {
+    pub fn remove(&self, channel: &Arc<W>) {
         let mut st = self.state.lock().unwrap();
         st.ready.retain(|r| !Arc::ptr_eq(&r.channel, channel));
     }
@@ -113,8 +117,8 @@ impl Pool {
     /// `avoid` (a retry), any other worker is preferred.
     pub async fn acquire_avoiding(
         self: &Arc<Self>,
-        avoid: Option<&Arc<Channel>>,
-    ) -> Result<Lease, NoSlot> {
+        avoid: Option<&Arc<W>>,
+    ) -> Result<Lease<W>, NoSlot> {
         let rx = {
             let mut st = self.state.lock().unwrap();
             if let Some(i) = self
@@ -143,7 +147,7 @@ impl Pool {
         }
     }
 
-    fn pick(&self, st: &State, avoid: Option<&Arc<Channel>>) -> Option<usize> {
+    fn pick(&self, st: &State<W>, avoid: Option<&Arc<W>>) -> Option<usize> {
         let n = st.ready.len();
         let candidates = (0..n)
             .map(|k| (st.cursor + k) % n)
@@ -156,7 +160,7 @@ impl Pool {
         }
     }
 
-    fn lease(self: &Arc<Self>, st: &mut State, i: usize) -> Lease {
+    fn lease(self: &Arc<Self>, st: &mut State<W>, i: usize) -> Lease<W> {
         st.ready[i].in_flight += 1;
         st.cursor = (i + 1) % st.ready.len();
         Lease {
@@ -166,7 +170,7 @@ impl Pool {
         }
     }
 
-    fn release(self: &Arc<Self>, channel: &Arc<Channel>) {
+    fn release(self: &Arc<Self>, channel: &Arc<W>) {
         let mut st = self.state.lock().unwrap();
         // A worker that already left the pool has no entry; its count went with it.
         if let Some(i) = st
@@ -180,7 +184,7 @@ impl Pool {
     }
 
     /// Hands free slots of worker `i` to waiters, oldest first.
-    fn serve_waiters(self: &Arc<Self>, st: &mut State, i: usize) {
+    fn serve_waiters(self: &Arc<Self>, st: &mut State<W>, i: usize) {
         while st.ready[i].in_flight < st.ready[i].limit {
             let Some(waiter) = st.waiters.pop_front() else {
                 return;

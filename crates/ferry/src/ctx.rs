@@ -1,0 +1,61 @@
+//! [`Ctx`]: what every part of the master shares: the options, the worker command,
+//! the pool, the spawner, the counters, and the pids of every worker alive (for an
+//! immediate stop). It is built once by `master.rs` and handed down as an `Arc`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use crate::config::Config;
+use crate::dispatch::channel::Channel;
+use crate::dispatch::pool::Pool;
+use crate::spawn::Spawner;
+use crate::stats::Stats;
+
+pub struct Ctx {
+    pub config: Config,
+    pub command: Arc<Vec<String>>,
+    pub pool: Arc<Pool<Channel>>,
+    pub spawner: Spawner,
+    /// Held while a worker is being replaced: one replacement at a time, pool-wide.
+    pub recycle_lock: tokio::sync::Mutex<()>,
+    /// Every worker process alive, for an immediate stop.
+    pids: Mutex<HashSet<u32>>,
+    /// Counters and live workers, for the admin endpoint.
+    pub stats: Stats,
+}
+
+impl Ctx {
+    pub fn new(config: Config, spawner: Spawner) -> Arc<Self> {
+        Arc::new(Ctx {
+            command: Arc::new(config.command.clone()),
+            pool: Pool::new(config.balance, config.queue_size, config.queue_timeout),
+            spawner,
+            recycle_lock: tokio::sync::Mutex::new(()),
+            pids: Mutex::new(HashSet::new()),
+            stats: Stats::default(),
+            config,
+        })
+    }
+
+    pub fn remember_pid(&self, pid: u32) {
+        self.pids.lock().unwrap().insert(pid);
+    }
+
+    pub fn forget_pid(&self, pid: u32) {
+        self.pids.lock().unwrap().remove(&pid);
+    }
+
+    /// Kills every worker's process group.
+    pub fn kill_all(&self) {
+        for pid in self.pids.lock().unwrap().drain() {
+            crate::process::kill_group(pid);
+        }
+    }
+
+    /// The number of requests after which a new worker is recycled: drawn per worker
+    /// from `[max_requests, max_requests + jitter]`, so workers drift apart.
+    pub fn request_limit(&self) -> Option<u64> {
+        let (n, j) = (self.config.max_requests, self.config.max_requests_jitter);
+        (n > 0).then(|| fastrand::u64(n..=n.saturating_add(j)))
+    }
+}

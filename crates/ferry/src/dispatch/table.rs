@@ -1,0 +1,393 @@
+//! The table of requests in flight on one worker, and the protocol's rules for
+//! every frame the worker sends about them: one response head per request, body
+//! bytes only after a streamed head, within the window we granted and exactly the
+//! length it declared, nothing for an id that is not in flight. A breach is a
+//! [`Violation`]: the supervisor kills the worker.
+//!
+//! Each entry owns its request's lease (`L`, a pool slot), so a request's slot is
+//! freed exactly when the worker finishes it (or dies), never merely because the
+//! client went away. The table does no I/O and takes no lock: its owner
+//! (`channel.rs`) holds it under one, and drops finished entries outside it.
+
+use bytes::Bytes;
+use ferry_protocol::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// The start of a response, as the worker sent it.
+pub struct Start {
+    pub status: u16,
+    pub headers: Vec<Header>,
+    pub body: StartBody,
+}
+
+/// A response's body as its head announced it.
+pub enum StartBody {
+    Empty,
+    Inline(Bytes),
+    /// The body follows piece by piece; the request is still in flight.
+    Streamed {
+        length: Option<u64>,
+        pieces: mpsc::UnboundedReceiver<Piece>,
+    },
+}
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum Lost {
+    /// The worker answered `RequestFailed` for it.
+    Failed(String),
+    /// The worker died or was killed with the request in flight.
+    WorkerGone,
+    /// No response head within `--request-timeout` ([`Table::expire_heads`]).
+    TimedOut,
+}
+
+/// Why a request was not put in flight.
+#[derive(Debug)]
+pub enum Refused<E> {
+    /// The worker is gone or draining: nothing was sent; another worker may take it.
+    Gone,
+    /// The head could not be encoded.
+    Encode(E),
+}
+
+/// A piece of a streamed response body.
+pub enum Piece {
+    Data(Bytes),
+    End(Vec<Header>),
+    Failed(String),
+}
+
+/// A breach of the protocol by the worker; the worker is killed for it.
+#[derive(Debug)]
+pub struct Violation(pub String);
+
+/// What the front holds for one request in flight.
+pub struct Exchange {
+    pub id: u64,
+    pub head: oneshot::Receiver<Result<Start, Lost>>,
+    /// For a streamed request body: the bytes the worker will still accept; its
+    /// credits add to it.
+    pub send_window: Option<Arc<Semaphore>>,
+}
+
+/// One request in flight.
+pub struct Entry<L> {
+    head: Option<oneshot::Sender<Result<Start, Lost>>>,
+    /// The head sender went with `Lost::TimedOut`: a head arriving now is late, not a
+    /// second one.
+    timed_out: bool,
+    /// Where a streamed response body goes, once its head has arrived.
+    body: Option<mpsc::UnboundedSender<Piece>>,
+    /// Response-body bytes the worker may still send before we grant more.
+    recv_window: u64,
+    /// Body bytes still owed, when the worker declared the body's length: the client
+    /// was promised exactly that many in `Content-Length`.
+    owed: Option<u64>,
+    send_window: Option<Arc<Semaphore>>,
+    /// When we sent `Cancel`, if we did: the worker must confirm within the grace period.
+    cancelled: Option<Instant>,
+    /// For log lines; cheap clones of the request's own (no allocation).
+    method: http::Method,
+    uri: http::Uri,
+    started: Instant,
+    _lease: L,
+}
+
+impl<L> Entry<L> {
+    /// Ends the entry for good: wakes the request body pump so it stops sending. The
+    /// lease goes with it, so call it outside any lock the pool's release may need.
+    pub fn close(self) {
+        if let Some(w) = &self.send_window {
+            w.close();
+        }
+    }
+
+    /// Ends the entry because its worker is gone: its proxy or its body learns it.
+    pub fn fail(mut self) {
+        if let Some(head) = self.head.take() {
+            let _ = head.send(Err(Lost::WorkerGone));
+        } else if let Some(body) = &self.body {
+            let _ = body.send(Piece::Failed("the worker died mid-response".into()));
+        }
+        self.close();
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {}", self.method, self.uri.path())
+    }
+}
+
+pub struct Table<L> {
+    next_id: u64,
+    entries: HashMap<u64, Entry<L>>,
+    /// Set once the worker is gone: no new requests are registered.
+    closed: bool,
+    /// Set when `Drain` is queued: nothing may be queued after it for the worker to
+    /// miss, so no new requests are registered either.
+    draining: bool,
+}
+
+impl<L> Default for Table<L> {
+    fn default() -> Self {
+        Table {
+            next_id: 0,
+            entries: HashMap::new(),
+            closed: false,
+            draining: false,
+        }
+    }
+}
+
+impl<L> Table<L> {
+    /// Puts a request in flight under the next id and returns its head frame, made by
+    /// `encode(id)`, for the caller to queue before it lets go of the table.
+    /// `send_window`: the request body will follow as chunks, under flow control
+    /// starting at that many bytes.
+    pub fn register<E>(
+        &mut self,
+        lease: L,
+        method: &http::Method,
+        uri: &http::Uri,
+        send_window: Option<u32>,
+        encode: impl FnOnce(u64) -> Result<Bytes, E>,
+    ) -> Result<(Exchange, Bytes), Refused<E>> {
+        if self.closed || self.draining {
+            return Err(Refused::Gone);
+        }
+        let id = self.next_id + 1;
+        let frame = encode(id).map_err(Refused::Encode)?;
+        self.next_id = id;
+        let (head_tx, head) = oneshot::channel();
+        let send_window = send_window.map(|n| Arc::new(Semaphore::new(n as usize)));
+        self.entries.insert(
+            id,
+            Entry {
+                head: Some(head_tx),
+                body: None,
+                recv_window: 0,
+                owed: None,
+                send_window: send_window.clone(),
+                cancelled: None,
+                timed_out: false,
+                method: method.clone(),
+                uri: uri.clone(),
+                started: Instant::now(),
+                _lease: lease,
+            },
+        );
+        let exchange = Exchange {
+            id,
+            head,
+            send_window,
+        };
+        Ok((exchange, frame))
+    }
+
+    /// No request is registered from now on: `Drain` is being queued.
+    pub fn start_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Marks request `id` cancelled; true if a `Cancel` should be sent (the first time).
+    pub fn cancel(&mut self, id: u64) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(e) if e.cancelled.is_none() => {
+                e.cancelled = Some(Instant::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Grants the worker `n` more response-body bytes for `id`; true if the request
+    /// is still in flight (so the `Credit` should be sent).
+    pub fn credit(&mut self, id: u64, n: u32) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(e) => {
+                e.recv_window += n as u64;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The worker is gone: takes every entry out (for [`Entry::fail`], outside the
+    /// lock), and no new ones register.
+    pub fn close_all(&mut self) -> Vec<Entry<L>> {
+        self.closed = true;
+        self.entries.drain().map(|(_, e)| e).collect()
+    }
+
+    /// The requests in flight, for log lines: `GET /path (1.2s)`.
+    pub fn describe_in_flight(&self) -> Vec<String> {
+        self.entries
+            .values()
+            .map(|e| format!("{} ({:.1?})", e.describe(), e.started.elapsed()))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Ends the wait of every request that has had no response head for `timeout`:
+    /// its proxy gets `Lost::TimedOut` (and answers 504, then cancels the request).
+    pub fn expire_heads(&mut self, timeout: Duration) {
+        for e in self.entries.values_mut() {
+            if e.head.is_some() && e.started.elapsed() >= timeout {
+                if let Some(head) = e.head.take() {
+                    e.timed_out = true;
+                    let _ = head.send(Err(Lost::TimedOut));
+                }
+            }
+        }
+    }
+
+    /// A request whose cancellation the worker has not confirmed within `grace`.
+    pub fn overdue_cancel(&self, grace: Duration) -> Option<String> {
+        self.entries
+            .values()
+            .find(|e| e.cancelled.is_some_and(|at| at.elapsed() > grace))
+            .map(Entry::describe)
+    }
+
+    /// Routes one of the worker's messages about a request. `window` is the
+    /// response-body window we announced in `Welcome`. Returns the entry of a request
+    /// that the message finished, for the caller to close outside its lock. Messages
+    /// about no request (`Pong`, `Goodbye`, `Hello`) are the caller's; here they do
+    /// nothing.
+    pub fn route(&mut self, msg: WorkerMsg, window: u32) -> Result<Option<Entry<L>>, Violation> {
+        let finished = match msg {
+            WorkerMsg::ResponseHead(h) => {
+                let e = self
+                    .entries
+                    .get_mut(&h.id)
+                    .ok_or_else(|| unknown("ResponseHead", h.id))?;
+                let head = match e.head.take() {
+                    Some(head) => Some(head),
+                    // Too late: the client has its 504 and the Cancel is on its way. The
+                    // request still ends as the worker says, its body going nowhere.
+                    None if e.timed_out => {
+                        e.timed_out = false; // one late head; a second is a violation
+                        None
+                    }
+                    None => {
+                        return Err(Violation(format!(
+                            "a second ResponseHead for request {}",
+                            h.id
+                        )))
+                    }
+                };
+                let (body, finished) = match h.body {
+                    BodyKind::Empty => (StartBody::Empty, true),
+                    BodyKind::Inline(b) => (StartBody::Inline(b), true),
+                    BodyKind::Streamed { length } => {
+                        let (tx, pieces) = mpsc::unbounded_channel();
+                        e.body = Some(tx);
+                        e.recv_window = window as u64;
+                        e.owed = length;
+                        (StartBody::Streamed { length, pieces }, false)
+                    }
+                };
+                // The receiver may be gone (client left); the Cancel is already queued.
+                if let Some(head) = head {
+                    let _ = head.send(Ok(Start {
+                        status: h.status,
+                        headers: h.headers,
+                        body,
+                    }));
+                }
+                finished.then_some(h.id)
+            }
+            WorkerMsg::BodyChunk(c) => {
+                let e = self
+                    .entries
+                    .get_mut(&c.id)
+                    .ok_or_else(|| unknown("BodyChunk", c.id))?;
+                let body = e
+                    .body
+                    .as_ref()
+                    .ok_or_else(|| not_streaming("BodyChunk", c.id))?;
+                let len = c.data.len() as u64;
+                if len > e.recv_window {
+                    return Err(Violation(format!(
+                        "request {}: a {len}-byte chunk overruns the {}-byte flow-control window",
+                        c.id, e.recv_window
+                    )));
+                }
+                e.recv_window -= len;
+                if let Some(owed) = &mut e.owed {
+                    *owed = owed.checked_sub(len).ok_or_else(|| {
+                        Violation(format!(
+                            "request {}: body chunks run past the declared length",
+                            c.id
+                        ))
+                    })?;
+                }
+                let _ = body.send(Piece::Data(c.data));
+                None
+            }
+            WorkerMsg::BodyEnd(b) => {
+                let e = self
+                    .entries
+                    .get(&b.id)
+                    .ok_or_else(|| unknown("BodyEnd", b.id))?;
+                let body = e
+                    .body
+                    .as_ref()
+                    .ok_or_else(|| not_streaming("BodyEnd", b.id))?;
+                if let Some(owed @ 1..) = e.owed {
+                    return Err(Violation(format!(
+                        "request {}: the body ended {owed} bytes short of its declared length",
+                        b.id
+                    )));
+                }
+                let _ = body.send(Piece::End(b.trailers));
+                Some(b.id)
+            }
+            WorkerMsg::Failed(f) => {
+                let e = self
+                    .entries
+                    .get_mut(&f.id)
+                    .ok_or_else(|| unknown("RequestFailed", f.id))?;
+                if let Some(head) = e.head.take() {
+                    let _ = head.send(Err(Lost::Failed(f.reason)));
+                } else if let Some(body) = &e.body {
+                    let _ = body.send(Piece::Failed(f.reason));
+                }
+                Some(f.id)
+            }
+            WorkerMsg::Credit(c) => {
+                let e = self
+                    .entries
+                    .get(&c.id)
+                    .ok_or_else(|| unknown("Credit", c.id))?;
+                // A credit for a body we do not stream grants nothing; it is harmless.
+                if let Some(w) = &e.send_window {
+                    w.add_permits(c.bytes as usize);
+                }
+                None
+            }
+            WorkerMsg::Pong(_) | WorkerMsg::Goodbye(_) | WorkerMsg::Hello(_) => None,
+        };
+        Ok(finished.and_then(|id| self.entries.remove(&id)))
+    }
+}
+
+fn unknown(what: &str, id: u64) -> Violation {
+    Violation(format!("{what} for request {id}, which is not in flight"))
+}
+
+fn not_streaming(what: &str, id: u64) -> Violation {
+    Violation(format!(
+        "a {what} for request {id}, whose response head is missing or not streamed"
+    ))
+}

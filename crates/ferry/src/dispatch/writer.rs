@@ -1,0 +1,61 @@
+//! The writer of one worker's channel: a task that takes what the master queues for
+//! the worker (messages to encode, or frames a request task already encoded) and
+//! coalesces everything already queued into one write.
+
+use bytes::{Bytes, BytesMut};
+use ferry_protocol::codec::MasterCodec;
+use ferry_protocol::*;
+use futures_util::SinkExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Encoder, FramedWrite};
+
+/// What the writer task is given: a message to encode, or a frame the request task
+/// already encoded (request heads, straight from hyper's header map).
+pub enum Outgoing {
+    Msg(MasterMsg),
+    Frame(Bytes),
+}
+
+/// The writer's codec: messages through [`MasterCodec`], ready frames as they are.
+pub struct OutgoingCodec(pub MasterCodec);
+
+impl Encoder<Outgoing> for OutgoingCodec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, item: Outgoing, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        match item {
+            Outgoing::Msg(m) => self.0.encode(m, dst),
+            Outgoing::Frame(f) => {
+                dst.extend_from_slice(&f);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Drains every frame already queued into the buffer, then flushes once: under load
+/// one write carries many frames.
+pub async fn write_loop(
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut sink: FramedWrite<OwnedWriteHalf, OutgoingCodec>,
+) {
+    while let Some(item) = rx.recv().await {
+        let mut next = Some(item);
+        while let Some(item) = next {
+            match sink.feed(item).await {
+                Ok(()) => {}
+                Err(ProtocolError::Io(_)) => return,
+                // Request heads are encoded (and size-checked) by their request task;
+                // what remains (trailers) can only exceed the limit by misconfiguration.
+                Err(e) => {
+                    tracing::error!("a frame exceeds the channel's limit and was not sent: {e}")
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
