@@ -6,7 +6,11 @@
 //! - `exit-at-start`: it prints a line to stderr and exits with status 3 before Hello;
 //! - `garbage`, `oversize`, `unknown-id`, `second-head`: a request for `/evil` is
 //!   answered with an unknown message type, a 2 GiB length prefix, a response for an
-//!   id never sent, or two response heads.
+//!   id never sent, or two response heads;
+//! - `many-fields`: `/evil` gets a response head of 40,000 header fields;
+//! - `credit-flood`: `/evil` (a streamed upload) gets credits for 4 GB, twice;
+//! - `stderr-junk`: `/evil` first writes invalid UTF-8 and a 10 MiB line to stderr,
+//!   then answers as usual (so the master must keep reading its pipe).
 
 use bytes::{Bytes, BytesMut};
 use ferry_protocol::frame::{decode_master, encode_worker, split_frame};
@@ -78,6 +82,38 @@ fn main() {
                 "garbage" => raw(&mut sock, &[0, 0, 0, 5, 0x5a, 1, 2, 3, 4]),
                 "oversize" => raw(&mut sock, &[0x7f, 0xff, 0xff, 0xff, 0x02]),
                 "unknown-id" => send(&mut sock, &ok(id + 1000)),
+                "many-fields" => {
+                    let headers = (0..40_000)
+                        .map(|_| Header::new(Bytes::from_static(b"x"), Bytes::new()))
+                        .collect();
+                    send(
+                        &mut sock,
+                        &WorkerMsg::ResponseHead(ResponseHead {
+                            id,
+                            status: 200,
+                            headers,
+                            body: BodyKind::Empty,
+                        }),
+                    );
+                }
+                "credit-flood" => {
+                    for _ in 0..2 {
+                        let bytes = u32::MAX;
+                        send(&mut sock, &WorkerMsg::Credit(Credit { id, bytes }));
+                    }
+                }
+                "stderr-junk" => {
+                    use std::io::Write as _;
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(b"not utf-8: \xff\xfe\xc3\n");
+                    let _ = err.write_all(&vec![b'y'; 10 << 20]);
+                    let _ = err.write_all(b"\n");
+                    let _ = err.flush();
+                    drop(err);
+                    // Panics (and so kills this worker) if the master stopped reading.
+                    eprintln!("misbehave: after the junk");
+                    send(&mut sock, &ok(id));
+                }
                 "second-head" => {
                     send(&mut sock, &streamed_head(id, None));
                     send(&mut sock, &ok(id));

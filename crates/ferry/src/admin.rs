@@ -107,6 +107,15 @@ pub struct Status {
     pub responses: std::collections::BTreeMap<&'static str, u64>,
     pub worker_starts: u64,
     pub worker_exits: u64,
+    pub log: LogStatus,
+}
+
+#[derive(Serialize)]
+pub struct LogStatus {
+    /// Log lines dropped because stderr did not keep up.
+    pub lines_dropped: u64,
+    /// Lines of worker output split because they were longer than 16 KiB.
+    pub lines_split: u64,
 }
 
 #[derive(Serialize)]
@@ -161,6 +170,13 @@ pub fn status(ctx: &Ctx) -> Status {
         worker_exits: stats
             .worker_exits
             .load(std::sync::atomic::Ordering::Relaxed),
+        log: {
+            let (lines_dropped, lines_split) = stats.log_lines();
+            LogStatus {
+                lines_dropped,
+                lines_split,
+            }
+        },
     }
 }
 
@@ -308,6 +324,10 @@ mod tests {
             responses: CLASSES.into_iter().zip([0, 42, 0, 1, 2]).collect(),
             worker_starts: 3,
             worker_exits: 1,
+            log: LogStatus {
+                lines_dropped: 7,
+                lines_split: 0,
+            },
         }
     }
 
@@ -344,5 +364,6 @@ mod tests {
         assert_eq!(v["queue"]["waiting"], 5);
         assert_eq!(v["responses"]["2xx"], 42);
         assert_eq!(v["worker_exits"], 1);
+        assert_eq!(v["log"]["lines_dropped"], 7);
     }
 }

@@ -1,6 +1,8 @@
 //! [`ResponseBody`]: what hyper writes back to the client. A streamed body credits
 //! the worker as hyper takes each chunk, so a slow client slows the worker instead
-//! of filling the master's memory; dropping it early cancels the request.
+//! of filling the master's memory, and records the client's [`Progress`] so a
+//! client that stops taking it can be found; dropping it before the worker finished
+//! cancels the request (but not once it has delivered every byte it declared).
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
+use crate::activity::{Busy, Progress};
 use crate::dispatch::channel::Channel;
 use crate::dispatch::table::Piece;
 
@@ -23,6 +26,11 @@ pub struct Stream {
     pub rx: mpsc::UnboundedReceiver<Piece>,
     pub guard: CancelGuard,
     pub length: Option<u64>,
+    /// Of a declared length, the bytes not yet handed to hyper.
+    pub remaining: Option<u64>,
+    pub progress: Arc<Progress>,
+    /// Keeps its HTTP/2 connection counted busy until the body is done.
+    pub busy: Option<Busy>,
     /// Bytes handed to hyper but not yet credited back to the worker.
     pub uncredited: u32,
     pub credit_every: u32,
@@ -78,6 +86,15 @@ impl http_body::Body for ResponseBody {
                 };
                 match piece {
                     Some(Piece::Data(data)) => {
+                        s.progress.took(data.len());
+                        if let Some(left) = &mut s.remaining {
+                            *left = left.saturating_sub(data.len() as u64);
+                            if *left == 0 {
+                                // Every declared byte is out: hyper may drop the body
+                                // now, and that is no cancellation.
+                                s.guard.armed = false;
+                            }
+                        }
                         s.uncredited += data.len() as u32;
                         if s.uncredited >= s.credit_every {
                             s.guard.channel.credit(s.guard.id, s.uncredited);

@@ -60,6 +60,36 @@ pub struct Config {
     #[arg(long, env = "FERRY_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub request_timeout: Duration,
 
+    /// How long a client may pause while sending a request body: the gap allowed
+    /// between two reads, not the whole upload. A client that pauses longer gets 408
+    /// and its request is cancelled on the worker. (The upload's own length does not
+    /// count against --request-timeout, which starts once the body is in.)
+    #[arg(long, env = "FERRY_BODY_READ_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub body_read_timeout: Duration,
+
+    /// How long a client may go without taking any of the response it is sent (a
+    /// write to its socket that makes no progress, or, over HTTP/2, a stream whose
+    /// flow-control window stays closed while the worker has bytes for it). Then the
+    /// connection (HTTP/1.1) or the stream's request is cut, and the worker's slot
+    /// freed.
+    #[arg(long, env = "FERRY_SEND_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub send_timeout: Duration,
+
+    /// Most requests one client connection may have in flight at once (HTTP/2
+    /// streams; an HTTP/1.1 connection has one at a time). HTTP/2 clients are told
+    /// this as SETTINGS_MAX_CONCURRENT_STREAMS and further streams are refused, so no
+    /// one connection can hold the whole pool [default: a quarter of the pool's
+    /// slots (workers x concurrency), between 1 and 100].
+    #[arg(long, env = "FERRY_MAX_STREAMS_PER_CONNECTION", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: Option<u32>,
+
+    /// Most client connections open at once; at the cap the master stops accepting
+    /// until one closes (the kernel's backlog holds the rest) [default: the
+    /// descriptor limit, raised to its hard maximum at start, less room for the
+    /// workers' channels and pipes].
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
     /// After a request times out or its client leaves, how long the worker has to
     /// confirm the cancellation before it is treated as stuck and killed.
     #[arg(long, env = "FERRY_CANCEL_GRACE", default_value = "5s", value_parser = duration)]
@@ -148,8 +178,28 @@ pub enum Balance {
 pub const INLINE_BODY_MAX: u64 = 64 * 1024;
 
 impl Config {
-    /// Options that are each valid but do not fit together.
+    /// Options that are each valid but do not fit together, or make no sense.
     pub fn check(&self) -> Result<(), String> {
+        let must_not_be_zero = [
+            ("--request-timeout", self.request_timeout),
+            ("--queue-timeout", self.queue_timeout),
+            ("--cancel-grace", self.cancel_grace),
+            ("--heartbeat-interval", self.heartbeat_interval),
+            ("--heartbeat-timeout", self.heartbeat_timeout),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--body-read-timeout", self.body_read_timeout),
+            ("--send-timeout", self.send_timeout),
+            ("--start-timeout", self.start_timeout),
+        ];
+        if let Some((name, _)) = must_not_be_zero.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{name} must be longer than 0"));
+        }
+        if self.heartbeat_interval >= self.heartbeat_timeout {
+            return Err(format!(
+                "--heartbeat-interval ({:?}) must be shorter than --heartbeat-timeout ({:?}): otherwise every worker misses a heartbeat between two pings and is killed",
+                self.heartbeat_interval, self.heartbeat_timeout
+            ));
+        }
         // A request head is its headers (each field costs 16 bytes of lengths on the
         // channel) plus an inline body: it must fit in one frame.
         let need = self.max_header_size + 16 * self.max_headers as u64 + INLINE_BODY_MAX + 4096;
@@ -163,6 +213,14 @@ impl Config {
             return Err("--max-frame-size must be below 4GiB".into());
         }
         Ok(())
+    }
+
+    /// The HTTP/2 stream limit: as set, or a quarter of the first pool's slots.
+    pub fn streams_per_connection(&self) -> u32 {
+        self.max_streams_per_connection.unwrap_or_else(|| {
+            let slots = self.workers() as u64 * self.concurrency as u64;
+            (slots / 4).clamp(1, 100) as u32
+        })
     }
 
     pub fn workers(&self) -> usize {
@@ -205,6 +263,49 @@ mod tests {
             .check()
             .unwrap_err()
             .contains("--max-frame-size 65536 is too small"));
+    }
+
+    #[test]
+    fn nonsense_timings_are_refused_naming_the_option() {
+        let check = |args: &[&str]| {
+            let mut all = vec!["ferry"];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&["--", "w"]);
+            Config::try_parse_from(all).unwrap().check()
+        };
+        let e = check(&["--heartbeat-interval", "10s", "--heartbeat-timeout", "5s"]).unwrap_err();
+        assert!(
+            e.contains("--heartbeat-interval") && e.contains("--heartbeat-timeout"),
+            "{e}"
+        );
+        assert!(check(&["--heartbeat-interval", "5s", "--heartbeat-timeout", "5s"]).is_err());
+        let e = check(&["--heartbeat-interval", "0s"]).unwrap_err();
+        assert_eq!(e, "--heartbeat-interval must be longer than 0");
+        let e = check(&["--send-timeout", "0s"]).unwrap_err();
+        assert_eq!(e, "--send-timeout must be longer than 0");
+        assert!(
+            check(&["--graceful-timeout", "0s"]).is_ok(),
+            "0 means at once"
+        );
+    }
+
+    #[test]
+    fn one_connection_gets_a_quarter_of_the_pool_by_default() {
+        let c = |args: &[&str]| {
+            let mut all = vec!["ferry"];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&["--", "w"]);
+            Config::try_parse_from(all)
+                .unwrap()
+                .streams_per_connection()
+        };
+        assert_eq!(c(&["--workers", "2", "--concurrency", "64"]), 32);
+        assert_eq!(c(&["--workers", "2", "--concurrency", "1"]), 1);
+        assert_eq!(c(&["--workers", "64", "--concurrency", "64"]), 100);
+        assert_eq!(
+            c(&["--workers", "2", "--max-streams-per-connection", "7"]),
+            7
+        );
     }
 
     #[test]

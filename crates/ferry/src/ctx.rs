@@ -10,6 +10,7 @@ use crate::dispatch::channel::Channel;
 use crate::dispatch::pool::Pool;
 use crate::spawn::Spawner;
 use crate::stats::Stats;
+use crate::sync::lock;
 
 pub struct Ctx {
     pub config: Config,
@@ -38,16 +39,16 @@ impl Ctx {
     }
 
     pub fn remember_pid(&self, pid: u32) {
-        self.pids.lock().unwrap().insert(pid);
+        lock(&self.pids).insert(pid);
     }
 
     pub fn forget_pid(&self, pid: u32) {
-        self.pids.lock().unwrap().remove(&pid);
+        lock(&self.pids).remove(&pid);
     }
 
     /// Kills every worker's process group.
     pub fn kill_all(&self) {
-        for pid in self.pids.lock().unwrap().drain() {
+        for pid in lock(&self.pids).drain() {
             crate::process::kill_group(pid);
         }
     }

@@ -3,28 +3,39 @@
 //! the client opens with the HTTP/2 preface (h2c with prior knowledge, as load
 //! balancers and gRPC clients speak to a backend). Each comes with the limits that
 //! keep a bad client from costing us: head size, header count (HTTP/1) or header
-//! list size (HTTP/2), and a header read timeout.
+//! list size (HTTP/2), a header read timeout, a send timeout, at most
+//! `--max-streams-per-connection` requests at once on one connection, and at most
+//! `--max-connections` connections (at the cap, accepting pauses until one closes).
 //!
-//! The timeout needs the timer: without `.timer(...)` hyper silently leaves it off,
-//! and a slowloris client holds the connection forever. Telling the protocols apart
-//! is bounded by the same timeout, so a client that sends nothing, or half a
-//! preface, is dropped too. hyper closes an idle HTTP/1.1 keep-alive connection after
+//! The header timeout needs the timer: without `.timer(...)` hyper silently leaves it
+//! off, and a slowloris client holds the connection forever. Telling the protocols
+//! apart reads the first bytes once (bounded by the same timeout) and replays them
+//! into hyper ([`ClientIo`]), so a client that sends nothing, or half a preface, costs
+//! one timer and no CPU. hyper closes an idle HTTP/1.1 keep-alive connection after
 //! that timeout (it is waiting for the next head); HTTP/2 has no such wait, so an
-//! HTTP/2 connection with no request in flight for as long is closed here (GOAWAY).
+//! HTTP/2 connection with nothing in progress for as long is closed here (GOAWAY),
+//! and one whose every request is stalled (`activity.rs`) is dropped.
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::{Activity, Busy};
 use crate::ctx::Ctx;
 
 /// hyper refuses read buffers under 8 KiB.
@@ -35,7 +46,13 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves until `shutdown`, then stops accepting and waits for every open
 /// connection to finish its request in progress (idle keep-alive ones close at once).
-pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationToken) {
+/// At most `max_connections` are open at once.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    shutdown: CancellationToken,
+    max_connections: usize,
+) {
     let graceful = GracefulShutdown::new();
     let cfg = &ctx.config;
     let mut h1 = http1::Builder::new();
@@ -46,13 +63,35 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationT
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         // Counted as HTTP/2 counts it: names and values plus 32 bytes per field.
-        .max_header_list_size(cfg.max_header_size.min(u32::MAX as u64) as u32);
+        .max_header_list_size(cfg.max_header_size.min(u32::MAX as u64) as u32)
+        // Each stream is a worker slot: one connection gets its share, not the pool.
+        .max_concurrent_streams(cfg.streams_per_connection());
     let builders = Arc::new((h1, h2));
     // Every connection's task, so a graceful stop can wait for the HTTP/2 ones too
     // (hyper-util's watcher covers HTTP/1.1; HTTP/2 connections handle the stop
     // themselves, beside their idle check).
     let tasks = TaskTracker::new();
+    let open = Arc::new(Semaphore::new(max_connections));
+    let mut accept_errors = Every::second();
+    let mut at_cap = Every::minute();
     loop {
+        // At the cap, wait for a connection to close before accepting another: the
+        // kernel's backlog holds the rest, and our descriptors stay free for workers.
+        let permit = match open.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if at_cap.due() {
+                    tracing::warn!("{max_connections} connections open (--max-connections): accepting paused until one closes");
+                }
+                tokio::select! {
+                    p = open.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.cancelled() => break,
@@ -60,8 +99,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationT
         let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
-                // Typically out of file descriptors: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
+                // Typically out of file descriptors: back off instead of spinning, and
+                // say so once a second, not twenty times.
+                if let Some(suppressed) = accept_errors.due_counting() {
+                    tracing::warn!(
+                        "accept failed: {e} ({suppressed} more like it since the last report)"
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -71,25 +115,29 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationT
         let watcher = graceful.watcher();
         let (ctx, builders, shutdown) = (ctx.clone(), builders.clone(), shutdown.clone());
         tasks.spawn(async move {
-            let timeout = ctx.config.header_read_timeout;
-            let is_h2 = tokio::select! {
-                r = tokio::time::timeout(timeout, opens_with_h2_preface(&stream)) => match r {
-                    Ok(Ok(is_h2)) => is_h2,
+            let _permit = permit;
+            let cfg = &ctx.config;
+            let (timeout, send_timeout) = (cfg.header_read_timeout, cfg.send_timeout);
+            let mut stream = stream;
+            let (prefix, is_h2) = tokio::select! {
+                r = tokio::time::timeout(timeout, sniff(&mut stream)) => match r {
+                    Ok(Ok(sniffed)) => sniffed,
                     // Closed, failed, or silent for too long: nothing to answer.
                     _ => return,
                 },
                 _ = shutdown.cancelled() => return,
             };
-            let io = TokioIo::new(stream);
+            let io = TokioIo::new(ClientIo::new(stream, prefix, send_timeout));
             let (h1, h2) = &*builders;
             let ended = if is_h2 {
                 drop(watcher);
-                let activity = Arc::new(Activity::new());
-                let conn = h2.serve_connection(io, service(ctx, peer, Some(activity.clone())));
+                let activity = Arc::new(Activity::default());
+                let conn =
+                    h2.serve_connection(io, service(ctx.clone(), peer, Some(activity.clone())));
                 serve_h2(conn, activity, timeout, shutdown).await
             } else {
                 watcher
-                    .watch(h1.serve_connection(io, service(ctx, peer, None)))
+                    .watch(h1.serve_connection(io, service(ctx.clone(), peer, None)))
                     .await
             };
             if let Err(e) = ended {
@@ -102,46 +150,185 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationT
     tokio::join!(graceful.shutdown(), tasks.wait());
 }
 
-/// Requests in flight on one HTTP/2 connection, and when the last one ended.
-struct Activity {
-    in_flight: AtomicUsize,
-    last_done: Mutex<Instant>,
+/// A log line at most once per period, counting the ones it held back.
+struct Every {
+    period: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
 }
 
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            in_flight: AtomicUsize::new(0),
-            last_done: Mutex::new(Instant::now()),
+impl Every {
+    fn second() -> Self {
+        Every {
+            period: Duration::from_secs(1),
+            last: None,
+            suppressed: 0,
         }
     }
 
-    fn idle_for(&self) -> Option<Duration> {
-        (self.in_flight.load(Ordering::Relaxed) == 0)
-            .then(|| self.last_done.lock().unwrap().elapsed())
+    fn minute() -> Self {
+        Every {
+            period: Duration::from_secs(60),
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether to log now.
+    fn due(&mut self) -> bool {
+        self.due_counting().is_some()
+    }
+
+    /// Whether to log now, with how many were held back since the last time.
+    fn due_counting(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|at| at.elapsed() < self.period) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
-/// Counts one request in flight while it lives.
-struct Busy(Arc<Activity>);
-
-impl Busy {
-    fn new(activity: Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        Busy(activity)
+/// Reads the client's first bytes, just enough to tell the protocols apart: stops at
+/// the first byte that differs from the HTTP/2 preface (an HTTP/1 request differs at
+/// its first or second), or at the whole preface. Each read waits for the socket,
+/// so a client that stops halfway costs nothing until the caller's timeout. (A `P…`
+/// request head trickled byte by byte can so take up to twice
+/// `--header-read-timeout`: this wait, then hyper's own.)
+async fn sniff(stream: &mut TcpStream) -> io::Result<(Prefix, bool)> {
+    let mut prefix = Prefix {
+        buf: [0; 24],
+        start: 0,
+        end: 0,
+    };
+    loop {
+        let n = stream.read(&mut prefix.buf[prefix.end..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        prefix.end += n;
+        let seen = &prefix.buf[..prefix.end];
+        if seen != &H2_PREFACE[..seen.len()] {
+            return Ok((prefix, false));
+        }
+        if seen.len() == H2_PREFACE.len() {
+            return Ok((prefix, true));
+        }
     }
 }
 
-impl Drop for Busy {
-    fn drop(&mut self) {
-        *self.0.last_done.lock().unwrap() = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+/// The bytes [`sniff`] read, to be read again by hyper.
+struct Prefix {
+    buf: [u8; 24],
+    start: usize,
+    end: usize,
+}
+
+/// A client's socket as hyper sees it: the sniffed bytes first, then the socket;
+/// and a write that makes no progress for `send_timeout` fails with `TimedOut`,
+/// which ends the connection (nginx's `send_timeout`). The timer exists only while a
+/// write is waiting, so the usual write that goes straight through costs nothing.
+pub struct ClientIo {
+    stream: TcpStream,
+    prefix: Prefix,
+    send_timeout: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl ClientIo {
+    fn new(stream: TcpStream, prefix: Prefix, send_timeout: Duration) -> Self {
+        ClientIo {
+            stream,
+            prefix,
+            send_timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's outcome through, timing how long it has been pending.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.send_timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the client took nothing for {timeout:?} (--send-timeout)"),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        if me.prefix.start < me.prefix.end {
+            let n = buf.remaining().min(me.prefix.end - me.prefix.start);
+            buf.put_slice(&me.prefix.buf[me.prefix.start..me.prefix.start + n]);
+            me.prefix.start += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut me.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.timed(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.timed(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.timed(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
 /// Serves an HTTP/2 connection until it ends. It is shut down gracefully (GOAWAY:
-/// streams in progress finish, no new ones) on a graceful stop, or once no request
-/// has been in flight for `idle`.
+/// streams in progress finish, no new ones) on a graceful stop, or once nothing has
+/// been in progress for `idle`; it is dropped at once (the client sees the
+/// connection close) when every request in progress is stalled, since those
+/// streams would never finish.
 async fn serve_h2<I, S, E, B>(
     conn: http2::Connection<I, S, E>,
     activity: Arc<Activity>,
@@ -167,8 +354,11 @@ where
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = check.tick(), if !closing => {
-                if activity.idle_for().is_some_and(|d| d >= idle) {
+            _ = check.tick() => {
+                if activity.all_stalled() {
+                    return Ok(());
+                }
+                if !closing && activity.idle_for().is_some_and(|d| d >= idle) {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -178,7 +368,7 @@ where
 }
 
 /// Every request of one connection goes to [`crate::proxy::handle`]. With
-/// `activity`, each request counts as in flight until its response head is ready.
+/// `activity`, each request counts as in progress until its response is done.
 fn service(
     ctx: Arc<Ctx>,
     peer: SocketAddr,
@@ -198,35 +388,9 @@ fn service(
         let peer = peer.clone();
         let busy = activity.clone().map(Busy::new);
         async move {
-            let _busy = busy;
-            let resp = crate::proxy::handle(req, &peer, &ctx).await;
+            let resp = crate::proxy::handle(req, &peer, &ctx, busy).await;
             ctx.stats.count_response(resp.status());
             Ok::<_, Infallible>(resp)
         }
     })
-}
-
-/// Whether the client's first bytes are the HTTP/2 preface. Peeks, so hyper still
-/// reads everything. Decided at the first byte that differs (an HTTP/1 request differs
-/// at its first or second byte); only a client that sends a prefix of the preface and
-/// stops makes us wait, and the caller's timeout bounds that. (A `P…` request head
-/// trickled byte by byte can so take up to twice `--header-read-timeout`: this wait,
-/// then hyper's own.)
-async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
-    let mut buf = [0u8; 24];
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // A part of the preface, and no more yet: peek would return the same bytes at
-        // once, so wait a moment instead of spinning.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }

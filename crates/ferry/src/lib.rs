@@ -5,11 +5,12 @@
 //! Modules, in the order a request meets them: [`front`] (HTTP connections),
 //! [`proxy`] (one request's exchange), [`dispatch`] (the pool, the table of requests
 //! in flight on each worker, its channel and writer), [`body`] (the response body
-//! back to the client). The workers behind it: [`worker`] (one process's handshake
+//! back to the client), [`activity`] (whether the client keeps up). The workers behind it: [`worker`] (one process's handshake
 //! and supervision), [`spawn`] (forking a process), [`process`] (signals, memory,
 //! exit statuses), [`slot`] (restarts and replacement), [`slots`] (the set of slots:
 //! pool size, reload, stop). Holding it together: [`master`] (the top: binds,
-//! signals), [`ctx`] (what every part shares), [`config`] (options). Observing it:
+//! signals), [`ctx`] (what every part shares), [`config`] (options), [`sync`]
+//! (locks that survive a panic). Observing it:
 //! [`stats`] (counters, live workers), [`admin`] (`/status`, `/metrics`).
 //!
 //! The arrows between modules run one way (`tests/layout.rs` fails on a cycle):
@@ -25,6 +26,8 @@ pub mod proxy;
 pub mod dispatch;
 
 pub mod body;
+
+pub mod activity;
 
 // The workers behind it.
 pub mod worker;
@@ -43,6 +46,8 @@ pub mod master;
 pub mod ctx;
 
 pub mod config;
+
+pub mod sync;
 
 // Observing it.
 pub mod stats;

@@ -7,14 +7,26 @@ use clap::Parser;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
+/// Log lines that may wait for a slow stderr before new ones are dropped.
+const LOG_QUEUE_LINES: usize = 16 * 1024;
+
 fn main() -> ExitCode {
     let config = ferry::config::Config::parse();
+    // The log goes through a bounded queue to a thread of its own: when stderr is slow
+    // (a full pipe, a stuck terminal) lines are dropped and counted (`/status`), and
+    // the runtime's thread never waits on it. The guard flushes what is queued at exit.
+    let (log, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("ferry-log")
+        .finish(std::io::stderr());
+    let dropped = log.error_counter();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(log)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A closed stderr (`ferry ... 2>&1 | head`) must not panic whichever task logs
         // next: the default reports a failed write with `eprintln!`, which panics.
@@ -38,7 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(ferry::master::run(config));
+    let code = runtime.block_on(ferry::master::run(config, Some(dropped)));
     // Workers still running are killed as their handles drop with the runtime.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code

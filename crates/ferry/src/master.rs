@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing_appender::non_blocking::ErrorCounter;
 
 use crate::config::Config;
 use crate::ctx::Ctx;
@@ -20,7 +21,9 @@ use crate::slot::Trigger;
 use crate::slots::Slots;
 use crate::spawn::Spawner;
 
-pub async fn run(config: Config) -> ExitCode {
+/// Runs the master until it stops. `log_dropped` counts log lines lost to a slow
+/// stderr, for `/status`.
+pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode {
     if let Err(e) = config.check() {
         eprintln!("ferry: {e}");
         return ExitCode::FAILURE;
@@ -58,6 +61,9 @@ pub async fn run(config: Config) -> ExitCode {
     };
     let workers = config.workers();
     let ctx = Ctx::new(config, Spawner::start(tokio::runtime::Handle::current()));
+    if let Some(counter) = log_dropped {
+        let _ = ctx.stats.log_dropped.set(counter);
+    }
 
     let slots = Slots::new(ctx.clone());
     let boots: Vec<_> = (0..workers).map(|_| slots.add().1).collect();
@@ -79,7 +85,13 @@ pub async fn run(config: Config) -> ExitCode {
         .local_addr()
         .map_or_else(|_| ctx.config.listen.to_string(), |a| a.to_string());
     let shutdown = CancellationToken::new();
-    let front = tokio::spawn(crate::front::serve(listener, ctx.clone(), shutdown.clone()));
+    let max_connections = connection_cap(&ctx.config, workers);
+    let front = tokio::spawn(crate::front::serve(
+        listener,
+        ctx.clone(),
+        shutdown.clone(),
+        max_connections,
+    ));
     if let Some(admin) = admin {
         if let Ok(at) = admin.local_addr() {
             tracing::info!("admin endpoint on http://{at} (/status, /metrics)");
@@ -139,6 +151,40 @@ pub async fn run(config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Descriptors kept back from client connections: the listeners, the log, the
+/// spawner's pipes, and per worker its channel, two output pipes and a pidfd (with
+/// room for a replacement starting beside each, and for SIGTTIN).
+fn reserved_fds(workers: usize) -> u64 {
+    64 + 16 * workers as u64
+}
+
+/// `--max-connections`, or what the descriptor limit leaves once raised to its
+/// hard maximum (logged, since it is the first thing to check at a cap).
+fn connection_cap(config: &Config, workers: usize) -> usize {
+    let limit = match crate::process::raise_fd_limit() {
+        Ok((before, now)) => {
+            if now > before {
+                tracing::info!("raised the open-file limit from {before} to {now}");
+            }
+            Some(now)
+        }
+        Err(e) => {
+            tracing::warn!("cannot read or raise the open-file limit: {e}");
+            None
+        }
+    };
+    let derived = limit.map_or(1024, |l| l.saturating_sub(reserved_fds(workers)).max(16));
+    let cap = config.max_connections.unwrap_or(derived);
+    if limit.is_some_and(|l| cap + reserved_fds(workers) > l) {
+        tracing::warn!(
+            "--max-connections {cap} leaves fewer than {} of the {} descriptors for workers",
+            reserved_fds(workers),
+            limit.unwrap_or_default()
+        );
+    }
+    cap.min(usize::MAX as u64 >> 4) as usize
 }
 
 /// Replaces the workers of every slot in turn, each time it is notified.

@@ -1,9 +1,72 @@
 //! Operations on worker processes as the kernel sees them: signalling a worker's
-//! whole process group, reading its resident memory, and describing how it ended.
-//! Nothing here knows about channels or requests.
+//! whole process group, noticing its exit, reading its resident memory, and
+//! describing how it ended. Nothing here knows about channels or requests.
+//!
+//! A worker's pid is also its process group's id, and once the worker is reaped the
+//! kernel may give that number to a new process (another worker, in a crash storm).
+//! So [`GroupLeader`] notices an exit through a pidfd, which does not reap: the
+//! group is killed while the dead leader, a zombie, still holds its pid, and only
+//! then is it reaped.
 
 use std::fmt;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitStatus;
+use tokio::io::unix::AsyncFd;
+use tokio::process::Child;
+
+/// A worker process, leader of its own process group.
+pub struct GroupLeader {
+    child: Child,
+    pid: u32,
+    /// Readable once the process has exited; `None` where the kernel has no pidfds
+    /// (before Linux 5.3), and then an exit is noticed by reaping it.
+    pidfd: Option<AsyncFd<OwnedFd>>,
+}
+
+impl GroupLeader {
+    pub fn new(child: Child, pid: u32) -> Self {
+        // Safety: the pidfd is ours alone and lives exactly as long as its AsyncFd.
+        let pidfd = pidfd_open(pid).and_then(|fd| {
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+        });
+        GroupLeader { child, pid, pidfd }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resolves once the process has exited, leaving it unreaped where it can.
+    pub async fn exited(&mut self) {
+        match &self.pidfd {
+            Some(fd) => {
+                let _ = fd.readable().await;
+            }
+            None => {
+                let _ = self.child.wait().await;
+            }
+        }
+    }
+
+    /// Sends `signal` to the whole group (before the leader is reaped, so the id
+    /// still names this group).
+    pub fn signal(&self, signal: libc::c_int) {
+        signal_group(self.pid, signal);
+    }
+
+    /// Kills the whole group, then reaps the leader: its exit status.
+    pub async fn kill_and_reap(mut self) -> io::Result<ExitStatus> {
+        kill_group(self.pid);
+        self.child.wait().await
+    }
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // The descriptor is ours alone; the kernel opened it close-on-exec.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
 
 /// Kills a worker's whole process group, so nothing it started outlives it.
 pub fn kill_group(pid: u32) {
@@ -18,6 +81,26 @@ pub fn signal_group(pid: u32, signal: libc::c_int) {
             libc::kill(-(pid as libc::pid_t), signal);
         }
     }
+}
+
+/// Raises this process's soft limit on open descriptors to the hard limit, since
+/// every client connection is one: returns the limit before and after.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((before, lim.rlim_cur))
 }
 
 /// Resident set size of `pid`, in bytes.

@@ -2,9 +2,11 @@
 //! get a worker slot, send the head (and stream the body under flow control), wait
 //! for the response head, and turn it into a hyper response.
 //!
-//! Every failure here has its own status: 400 unreadable body, 413 body too large,
-//! 431 head too large for a frame (a misconfiguration), 503 no worker slot (queue full
-//! or timed out), 504 request timeout, 502 worker failed or died.
+//! Every failure here has its own status: 400 a missing or repeated `Host` (HTTP/1.1)
+//! or an unreadable body, 408 a client that paused its upload past
+//! `--body-read-timeout`, 413 body too large, 431 head too large for a frame (a
+//! misconfiguration), 503 no worker slot (queue full or timed out), 504 request
+//! timeout, 502 worker failed or died. A client's fault is never blamed on a worker.
 
 use ferry_protocol::*;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -13,6 +15,7 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::activity::Busy;
 use crate::body::{CancelGuard, ResponseBody, Stream};
 use crate::ctx::Ctx;
 use crate::dispatch::channel::Channel;
@@ -21,8 +24,24 @@ use crate::dispatch::table::{Lost, Refused, Start, StartBody};
 
 use crate::config::INLINE_BODY_MAX as INLINE_MAX;
 
-pub async fn handle(req: Request<Incoming>, peer: &str, ctx: &Ctx) -> Response<ResponseBody> {
+/// Answers one request. `busy`, for HTTP/2, counts it in progress on its connection
+/// until its response body is done.
+pub async fn handle(
+    req: Request<Incoming>,
+    peer: &str,
+    ctx: &Ctx,
+    busy: Option<Busy>,
+) -> Response<ResponseBody> {
     let cfg = &ctx.config;
+    // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request (HTTP/2 has :authority).
+    if req.version() == http::Version::HTTP_11
+        && req.headers().get_all(header::HOST).iter().count() != 1
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "an HTTP/1.1 request needs exactly one Host header\n",
+        );
+    }
     let length = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -36,12 +55,16 @@ pub async fn handle(req: Request<Incoming>, peer: &str, ctx: &Ctx) -> Response<R
     let mut streamed = None;
     if !body.is_end_stream() {
         match length {
-            Some(n) if n <= INLINE_MAX => match Limited::new(body, n as usize).collect().await {
-                Ok(b) => inline = Some(b.to_bytes()),
-                Err(_) => {
-                    return error(StatusCode::BAD_REQUEST, "could not read the request body\n")
+            Some(n) if n <= INLINE_MAX => {
+                let read = Limited::new(body, n as usize).collect();
+                match tokio::time::timeout(cfg.body_read_timeout, read).await {
+                    Ok(Ok(b)) => inline = Some(b.to_bytes()),
+                    Ok(Err(_)) => {
+                        return error(StatusCode::BAD_REQUEST, "could not read the request body\n")
+                    }
+                    Err(_) => return slow_upload(),
                 }
-            },
+            }
             _ => streamed = Some(body),
         }
     }
@@ -98,21 +121,25 @@ pub async fn handle(req: Request<Incoming>, peer: &str, ctx: &Ctx) -> Response<R
             armed: true,
         };
 
-        let (too_large_tx, too_large) = oneshot::channel();
+        // Made only for a streamed body: the pump's word that the client's upload failed.
+        let mut upload_failed = None;
         if let (Some(body), Some(window)) = (streamed.take(), exchange.send_window) {
-            tokio::spawn(pump(
-                body,
-                channel.clone(),
-                id,
-                window,
-                cfg.max_body_size,
-                too_large_tx,
-            ));
+            let (failed, failure) = oneshot::channel();
+            upload_failed = Some(failure);
+            let limits = UploadLimits {
+                max: cfg.max_body_size,
+                gap: cfg.body_read_timeout,
+            };
+            tokio::spawn(pump(body, channel.clone(), id, window, limits, failed));
         }
         // `--request-timeout` arrives as `Lost::TimedOut` (`Channel::expire_heads`).
-        let outcome = tokio::select! {
-            r = exchange.head => r,
-            Ok(()) = too_large => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+        let outcome = match upload_failed {
+            None => exchange.head.await,
+            Some(failure) => tokio::select! {
+                r = exchange.head => r,
+                // The guard, still armed, cancels the request as it drops.
+                Ok(status) = failure => return upload_error(status),
+            },
         };
         let lost = match outcome {
             Ok(Ok(start)) => {
@@ -120,7 +147,7 @@ pub async fn handle(req: Request<Incoming>, peer: &str, ctx: &Ctx) -> Response<R
                     // Finished: nothing left to cancel.
                     guard.armed = false;
                 }
-                return respond(start, guard, parts.method == Method::HEAD);
+                return respond(start, guard, parts.method == Method::HEAD, busy);
             }
             Ok(Err(lost)) => lost,
             Err(_) => Lost::WorkerGone,
@@ -258,39 +285,51 @@ impl Head<'_> {
     }
 }
 
-/// Streams a request body to the worker, never more than its window ahead.
+/// What a client's upload is held to.
+struct UploadLimits {
+    /// `--max-body-size`.
+    max: u64,
+    /// `--body-read-timeout`: the longest pause between two reads.
+    gap: std::time::Duration,
+}
+
+/// Streams a request body to the worker, never more than its window ahead. A client
+/// that sends too much, pauses too long or breaks the body's framing gets its status
+/// through `failed` (413, 408, 400), and the worker's request is cancelled.
 async fn pump(
     mut body: Incoming,
     channel: Arc<Channel>,
     id: u64,
     window: Arc<Semaphore>,
-    max: u64,
-    too_large: oneshot::Sender<()>,
+    limits: UploadLimits,
+    failed: oneshot::Sender<StatusCode>,
 ) {
     let mut total = 0u64;
+    let fail = |status| {
+        let _ = failed.send(status);
+        channel.cancel(id);
+    };
     loop {
-        let frame = match body.frame().await {
-            None => {
-                channel.send(MasterMsg::BodyEnd(BodyEnd {
-                    id,
-                    trailers: vec![],
-                }));
+        let frame = match tokio::time::timeout(limits.gap, body.frame()).await {
+            Ok(None) => {
+                channel.end_body(id, vec![]);
                 return;
             }
-            Some(Err(e)) => {
+            Ok(Some(Err(e))) => {
                 tracing::debug!("client request body failed: {e}");
-                channel.cancel(id);
-                return;
+                return fail(StatusCode::BAD_REQUEST);
             }
-            Some(Ok(frame)) => frame,
+            Err(_) => {
+                tracing::debug!("client paused its request body for {:?}", limits.gap);
+                return fail(StatusCode::REQUEST_TIMEOUT);
+            }
+            Ok(Some(Ok(frame))) => frame,
         };
         match frame.into_data() {
             Ok(mut data) => {
                 total += data.len() as u64;
-                if total > max {
-                    let _ = too_large.send(());
-                    channel.cancel(id);
-                    return;
+                if total > limits.max {
+                    return fail(StatusCode::PAYLOAD_TOO_LARGE);
                 }
                 while !data.is_empty() {
                     let piece = data.split_to(data.len().min(channel.chunk_size));
@@ -299,7 +338,9 @@ async fn pump(
                         // The request finished (or the worker died): stop sending.
                         Err(_) => return,
                     }
-                    channel.send(MasterMsg::BodyChunk(BodyChunk { id, data: piece }));
+                    if !channel.send_body_chunk(id, piece) {
+                        return;
+                    }
                 }
             }
             Err(frame) => {
@@ -307,7 +348,7 @@ async fn pump(
                     .into_trailers()
                     .map(|t| headers_from_map(&t))
                     .unwrap_or_default();
-                channel.send(MasterMsg::BodyEnd(BodyEnd { id, trailers }));
+                channel.end_body(id, trailers);
                 return;
             }
         }
@@ -331,7 +372,12 @@ fn hop_by_hop(name: &[u8]) -> bool {
 /// The client's response from the worker's head. `head_request`: the client asked
 /// with HEAD, so it gets the body's length and no body. hyper drops such a body itself
 /// for HTTP/1.1 but sends it for HTTP/2, where the client takes it as a protocol error.
-fn respond(start: Start, guard: CancelGuard, head_request: bool) -> Response<ResponseBody> {
+fn respond(
+    start: Start,
+    guard: CancelGuard,
+    head_request: bool,
+    busy: Option<Busy>,
+) -> Response<ResponseBody> {
     let Ok(status) = StatusCode::from_u16(start.status) else {
         return error(
             StatusCode::BAD_GATEWAY,
@@ -376,12 +422,22 @@ fn respond(start: Start, guard: CancelGuard, head_request: bool) -> Response<Res
     *resp.body_mut() = match start.body {
         StartBody::Empty => ResponseBody::empty(),
         StartBody::Inline(b) => ResponseBody::full(b),
-        StartBody::Streamed { length, pieces: rx } => {
+        StartBody::Streamed {
+            length,
+            pieces: rx,
+            progress,
+        } => {
+            if let Some(b) = &busy {
+                progress.attach(b.activity());
+            }
             let credit_every = (DEFAULT_INITIAL_WINDOW / 4).max(1);
             ResponseBody::Stream(Stream {
                 rx,
                 guard,
                 length,
+                remaining: length,
+                progress,
+                busy,
                 uncredited: 0,
                 credit_every,
             })
@@ -412,6 +468,27 @@ pub fn error(status: StatusCode, msg: &'static str) -> Response<ResponseBody> {
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// The answer to a client whose upload failed, by the status the pump chose.
+fn upload_error(status: StatusCode) -> Response<ResponseBody> {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => error(status, "request body too large\n"),
+        StatusCode::REQUEST_TIMEOUT => slow_upload(),
+        _ => error(StatusCode::BAD_REQUEST, "could not read the request body\n"),
+    }
+}
+
+/// 408: the client paused its request body for longer than `--body-read-timeout`.
+/// The connection closes: what the client sends next is the rest of that body.
+fn slow_upload() -> Response<ResponseBody> {
+    let mut resp = error(
+        StatusCode::REQUEST_TIMEOUT,
+        "the request body came too slowly\n",
+    );
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 

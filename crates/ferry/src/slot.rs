@@ -1,10 +1,14 @@
 //! One pool slot's life: keep a worker running in it, restart it with backoff
 //! when it dies, and replace it without a gap when it is recycled or reloaded.
 //!
-//! Restart policy: a worker that lived at least [`STABLE`] is replaced at once; one
-//! that died young (or could not start) is retried after a delay doubling from
-//! 100 ms to 30 s, reset once a worker lives a minute. A broken deploy so costs a
-//! few attempts a minute, not a fork storm, and the slot recovers by itself.
+//! Restart policy: a worker that served at least one request and then died is
+//! replaced at once, however short its life: under a crash storm (workers killed
+//! one after another while serving) the pool refills as fast as workers can start.
+//! Only a worker that could not start (no handshake), or died before serving
+//! anything, makes its slot back off: the delay doubles from 100 ms to
+//! [`MAX_DELAY`], and resets once a worker serves. A broken deploy so costs one
+//! attempt every couple of seconds per slot, not a fork storm, and a slot recovers
+//! within that delay once starting works again (say, after a descriptor flood).
 //!
 //! Replacement (recycling, SIGHUP): the new worker is started and ready, and in the
 //! pool, before the old one is told to drain; the slot holds the master-wide
@@ -16,12 +20,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ctx::Ctx;
-use crate::worker::{self, Control, Instance, RecycleMe, StartError};
+use crate::worker::{self, Control, Ended, Instance, RecycleMe, StartError};
 
-/// A worker that lived this long is not "dying young": its replacement starts at once.
-pub const STABLE: Duration = Duration::from_secs(60);
 const FIRST_DELAY: Duration = Duration::from_millis(100);
-const MAX_DELAY: Duration = Duration::from_secs(30);
+/// The longest a slot waits before it tries again to start a worker.
+pub const MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// What a slot can be asked to do.
 pub enum Trigger {
@@ -90,14 +93,14 @@ pub async fn run_slot(
             continue;
         };
         tokio::select! {
-            uptime = &mut inst.done => {
+            ended = &mut inst.done => {
                 current = None;
-                let uptime = uptime.unwrap_or_default();
-                if uptime >= STABLE {
+                let Ended { uptime, served } = ended.unwrap_or_default();
+                if served > 0 {
                     backoff.reset();
                 } else {
                     let delay = backoff.next();
-                    tracing::warn!(worker = index, "worker lived only {uptime:.1?}; restarting in {delay:?}");
+                    tracing::warn!(worker = index, "worker died after {uptime:.1?} without serving a request; restarting in {delay:?}");
                     if wait_or_stop(delay, &mut triggers).await {
                         return;
                     }
@@ -186,8 +189,8 @@ mod tests {
     fn backoff_doubles_to_a_cap_and_resets() {
         let mut b = Backoff::new();
         let seen: Vec<u64> = (0..12).map(|_| b.next().as_millis() as u64).collect();
-        assert_eq!(&seen[..6], [100, 200, 400, 800, 1600, 3200]);
-        assert_eq!(*seen.last().unwrap(), 30_000);
+        assert_eq!(&seen[..6], [100, 200, 400, 800, 1600, 2000]);
+        assert_eq!(*seen.last().unwrap(), 2_000);
         b.reset();
         assert_eq!(b.next(), FIRST_DELAY);
     }

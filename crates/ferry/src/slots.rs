@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::ctx::Ctx;
 use crate::slot::Trigger;
+use crate::sync::lock;
 use crate::worker::StartError;
 
 /// The pool never shrinks below this many workers.
@@ -36,7 +37,7 @@ impl Slots {
     }
 
     pub fn len(&self) -> usize {
-        self.list.lock().unwrap().len()
+        lock(&self.list).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,7 +60,7 @@ impl Slots {
     ) {
         let (boot, booted) = oneshot::channel();
         let (to_slot, triggers) = mpsc::unbounded_channel();
-        let mut list = self.list.lock().unwrap();
+        let mut list = lock(&self.list);
         // A slot whose first start failed has ended: its index is free again.
         let index = list
             .iter()
@@ -98,7 +99,7 @@ impl Slots {
     /// SIGTTOU: the last slot's worker drains and goes (never below [`MIN_WORKERS`]).
     pub fn shrink(&self) {
         let (index, slot) = {
-            let mut list = self.list.lock().unwrap();
+            let mut list = lock(&self.list);
             // Slots whose first start failed have ended already.
             while list.last().is_some_and(|s| s.is_closed()) {
                 list.pop();
@@ -117,7 +118,7 @@ impl Slots {
                 let _ = acked.await;
                 tracing::info!(worker = index, "worker removed");
             });
-            let mut removing = self.removing.lock().unwrap();
+            let mut removing = lock(&self.removing);
             removing.retain(|r| !r.is_finished());
             removing.push(gone);
         }
@@ -126,7 +127,7 @@ impl Slots {
     /// Drops `slot`, whose first start failed (so it has ended), from the list if it
     /// is the last one there. (One in the middle stays until a SIGTTIN reuses it.)
     fn forget(&self, index: usize, slot: &mpsc::UnboundedSender<Trigger>) {
-        let mut list = self.list.lock().unwrap();
+        let mut list = lock(&self.list);
         if list.len() == index + 1 && list[index].same_channel(slot) {
             list.pop();
         }
@@ -135,7 +136,7 @@ impl Slots {
     /// Sends a trigger made by `make` to every slot in turn, each time waiting for
     /// its acknowledgement before going on to the next.
     pub async fn one_by_one(&self, make: impl Fn(oneshot::Sender<()>) -> Trigger) {
-        let list = self.list.lock().unwrap().clone();
+        let list = lock(&self.list).clone();
         for slot in list {
             let (ack, acked) = oneshot::channel();
             if slot.send(make(ack)).is_ok() {
@@ -147,7 +148,7 @@ impl Slots {
     /// Stops every slot at once (each drains its worker); resolves when all have,
     /// and when every worker removed by SIGTTOU has finished draining too.
     pub async fn stop_all(&self) {
-        let list = self.list.lock().unwrap().clone();
+        let list = lock(&self.list).clone();
         let mut acks = Vec::with_capacity(list.len());
         for slot in list {
             let (ack, acked) = oneshot::channel();
@@ -158,7 +159,7 @@ impl Slots {
         for acked in acks {
             let _ = acked.await;
         }
-        let removing = std::mem::take(&mut *self.removing.lock().unwrap());
+        let removing = std::mem::take(&mut *lock(&self.removing));
         for gone in removing {
             let _ = gone.await;
         }

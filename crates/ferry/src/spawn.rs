@@ -11,10 +11,13 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
+
+use crate::sync::lock;
 
 /// Lines of a child's stderr kept for error messages.
 const STDERR_TAIL: usize = 20;
@@ -152,6 +155,19 @@ fn fork_one(command: &[String], index: usize) -> io::Result<(Child, OwnedFd)> {
     Ok((child, master_end.into()))
 }
 
+/// Longest line of a worker's output relayed as one log line; a longer one is split
+/// into pieces this long (and counted in `/status`), so a worker cannot make the
+/// master hold a line of any size.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// Lines of worker output split because they were longer than [`MAX_LINE`].
+pub static LINES_SPLIT: AtomicU64 = AtomicU64::new(0);
+
+/// Relays one of a worker's output pipes to the log, a line at a time, until the
+/// worker closes it. Any bytes are taken (invalid UTF-8 is shown replaced, never a
+/// reason to stop), since a reader that stopped would leave the worker's next write
+/// failing on a broken pipe. The log itself is written by a thread of its own
+/// (`main.rs`), so a slow stderr never blocks this task.
 async fn pass_through(
     stream: impl AsyncRead + Unpin,
     index: usize,
@@ -159,15 +175,48 @@ async fn pass_through(
     which: &'static str,
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
 ) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "ferry::worker_output", worker = index, pid, "{which}: {line}");
-        if let Some(tail) = &tail {
-            let mut tail = tail.lock().unwrap();
-            if tail.len() == STDERR_TAIL {
-                tail.pop_front();
+    let mut reader = BufReader::new(stream);
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let (used, complete) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => {
+                let room = MAX_LINE - line.len();
+                match buf.iter().position(|&b| b == b'\n') {
+                    Some(i) if i < room => {
+                        line.extend_from_slice(&buf[..i]);
+                        (i + 1, true)
+                    }
+                    _ => {
+                        let n = buf.len().min(room);
+                        line.extend_from_slice(&buf[..n]);
+                        (n, line.len() == MAX_LINE)
+                    }
+                }
             }
-            tail.push_back(line);
+        };
+        reader.consume(used);
+        if complete {
+            if line.len() == MAX_LINE {
+                LINES_SPLIT.fetch_add(1, Ordering::Relaxed);
+            }
+            emit(&line, index, pid, which, tail.as_deref());
+            line.clear();
         }
+    }
+    if !line.is_empty() {
+        emit(&line, index, pid, which, tail.as_deref());
+    }
+}
+
+fn emit(line: &[u8], index: usize, pid: u32, which: &str, tail: Option<&Mutex<VecDeque<String>>>) {
+    let line = String::from_utf8_lossy(line);
+    tracing::info!(target: "ferry::worker_output", worker = index, pid, "{which}: {line}");
+    if let Some(tail) = tail {
+        let mut tail = lock(tail);
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line.into_owned());
     }
 }

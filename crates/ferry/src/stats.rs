@@ -4,10 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
+use tracing_appender::non_blocking::ErrorCounter;
 
 use crate::dispatch::channel::Channel;
+use crate::sync::lock;
 
 pub struct Stats {
     pub started: Instant,
@@ -19,6 +21,8 @@ pub struct Stats {
     pub worker_exits: AtomicU64,
     /// Every worker between its handshake and its reaping, by pid.
     workers: Mutex<BTreeMap<u32, Arc<Channel>>>,
+    /// Log lines dropped because stderr did not keep up (set once by `main.rs`).
+    pub log_dropped: OnceLock<ErrorCounter>,
 }
 
 impl Default for Stats {
@@ -29,6 +33,7 @@ impl Default for Stats {
             worker_starts: AtomicU64::new(0),
             worker_exits: AtomicU64::new(0),
             workers: Mutex::default(),
+            log_dropped: OnceLock::new(),
         }
     }
 }
@@ -46,15 +51,12 @@ impl Stats {
 
     pub fn worker_up(&self, channel: &Arc<Channel>) {
         self.worker_starts.fetch_add(1, Ordering::Relaxed);
-        self.workers
-            .lock()
-            .unwrap()
-            .insert(channel.pid, channel.clone());
+        lock(&self.workers).insert(channel.pid, channel.clone());
     }
 
     pub fn worker_gone(&self, channel: &Arc<Channel>) {
         self.worker_exits.fetch_add(1, Ordering::Relaxed);
-        let mut workers = self.workers.lock().unwrap();
+        let mut workers = lock(&self.workers);
         // Only if it is still this worker's entry: a reused pid may name a newer one.
         if workers
             .get(&channel.pid)
@@ -64,9 +66,19 @@ impl Stats {
         }
     }
 
+    /// Log lines lost so far: dropped for a slow stderr, and worker output lines
+    /// split for their length.
+    pub fn log_lines(&self) -> (u64, u64) {
+        let dropped = self
+            .log_dropped
+            .get()
+            .map_or(0, |c| c.dropped_lines() as u64);
+        (dropped, crate::spawn::LINES_SPLIT.load(Ordering::Relaxed))
+    }
+
     /// The live workers, ordered by slot, then pid.
     pub fn workers(&self) -> Vec<Arc<Channel>> {
-        let mut list: Vec<_> = self.workers.lock().unwrap().values().cloned().collect();
+        let mut list: Vec<_> = lock(&self.workers).values().cloned().collect();
         list.sort_by_key(|c| (c.index, c.pid));
         list
     }

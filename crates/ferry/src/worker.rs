@@ -14,20 +14,20 @@ use ferry_protocol::codec::MasterCodec;
 use ferry_protocol::*;
 use futures_util::{SinkExt, StreamExt};
 use std::fmt;
-use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::unix::OwnedReadHalf;
-use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::ctx::Ctx;
 use crate::dispatch::channel::{self, Channel};
 use crate::dispatch::table::Violation;
 use crate::dispatch::writer::{self, Outgoing, OutgoingCodec};
-use crate::process::{kill_group, rss_of, signal_group, ExitDescription};
+use crate::process::{kill_group, rss_of, ExitDescription, GroupLeader};
 use crate::spawn::Spawned;
+use crate::sync::lock;
 
 /// Why a worker could not be started.
 pub struct StartError {
@@ -52,8 +52,11 @@ impl fmt::Display for StartError {
 /// A worker past its handshake.
 pub struct Live {
     channel: Arc<Channel>,
-    child: Child,
+    process: GroupLeader,
     reader: FramedRead<OwnedReadHalf, MasterCodec>,
+    /// The channel's writer task: it ends only when the channel broke (or every
+    /// sender is gone, which happens after the supervisor is done).
+    writer: JoinHandle<()>,
     limit: usize,
 }
 
@@ -65,7 +68,7 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
         stderr_tail: Vec::new(),
     };
     let Spawned {
-        mut child,
+        child,
         pid,
         channel,
         stderr_tail,
@@ -76,6 +79,7 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
         .await
         .map_err(|e| fail(format!("cannot run it: {e}")))?;
     ctx.remember_pid(pid);
+    let mut process = GroupLeader::new(child, pid);
     let (read, write) = channel.into_split();
     let max_frame = cfg.max_frame_size as usize;
     let mut reader = FramedRead::new(read, MasterCodec::new(max_frame));
@@ -85,7 +89,7 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
         r = tokio::time::timeout(cfg.start_timeout, reader.next()) => r,
         // An exit is handled like EOF below (which then collects the status), so that a
         // grandchild holding the channel open cannot hide its parent's exit.
-        _ = child.wait() => Ok(None),
+        _ = process.exited() => Ok(None),
     };
     let hello = match first {
         Ok(Some(Ok(WorkerMsg::Hello(h)))) => Ok(h),
@@ -95,13 +99,11 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
         )),
         Ok(Some(Err(ProtocolError::Io(e)))) => Err(e.to_string()),
         Ok(Some(Err(e))) => Err(format!("its first frame was invalid: {e}")),
-        Ok(None) => {
-            let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-            Err(match status {
-                Ok(Ok(s)) => ExitDescription(s).to_string(),
-                _ => "it closed its channel (fd 3) before the handshake".into(),
-            })
-        }
+        // Its exit status, if it exits soon, says more; it is read once reaped below.
+        Ok(None) => match tokio::time::timeout(Duration::from_secs(2), process.exited()).await {
+            Ok(()) => Err(String::new()),
+            Err(_) => Err("it closed its channel (fd 3) before the handshake".into()),
+        },
         Err(_) => Err(format!(
             "it did not complete its handshake within {:?}",
             cfg.start_timeout
@@ -110,12 +112,16 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
     let hello = match hello {
         Ok(h) => h,
         Err(cause) => {
-            kill_group(pid);
-            let _ = child.wait().await;
+            let status = process.kill_and_reap().await;
             ctx.forget_pid(pid);
+            let cause = match status {
+                Ok(s) if cause.is_empty() => ExitDescription(s).to_string(),
+                _ if cause.is_empty() => "it exited before the handshake".into(),
+                _ => cause,
+            };
             // Give its output a moment to drain, so the message can quote it.
             let _ = tokio::time::timeout(Duration::from_millis(500), output_done).await;
-            let tail = stderr_tail.lock().unwrap().iter().cloned().collect();
+            let tail = lock(&stderr_tail).iter().cloned().collect();
             return Err(StartError {
                 cause,
                 stderr_tail: tail,
@@ -133,8 +139,7 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
         .send(Outgoing::Msg(MasterMsg::Welcome(welcome.clone())))
         .await
     {
-        kill_group(pid);
-        let _ = child.wait().await;
+        let _ = process.kill_and_reap().await;
         ctx.forget_pid(pid);
         return Err(fail(format!(
             "the channel failed during the handshake: {e}"
@@ -143,13 +148,14 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
     writer.set_backpressure_boundary(256 * 1024);
     let (queue, rx) = mpsc::unbounded_channel();
     let channel = Channel::new(index, pid, queue, &hello, &welcome);
-    tokio::spawn(writer::write_loop(rx, writer));
+    let writer = tokio::spawn(writer::write_loop(rx, writer));
     let limit = (cfg.concurrency.min(hello.max_in_flight).max(1)) as usize;
     tracing::info!(worker = index, pid, sdk = %format!("{} {}", hello.sdk_name, hello.sdk_version), "worker started");
     Ok(Live {
         channel,
-        child,
+        process,
         reader,
+        writer,
         limit,
     })
 }
@@ -166,12 +172,20 @@ pub struct RecycleMe {
     pub why: String,
 }
 
+/// How a supervised worker's life went, for its slot's restart policy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ended {
+    pub uptime: Duration,
+    /// Requests it finished: one that served any was a working deploy.
+    pub served: u64,
+}
+
 /// A worker the supervisor is watching.
 pub struct Instance {
     pub pid: u32,
     pub control: mpsc::UnboundedSender<Control>,
-    /// Resolves with how long the worker lived, once it is gone and reaped.
-    pub done: oneshot::Receiver<Duration>,
+    /// Resolves once the worker is gone and reaped.
+    pub done: oneshot::Receiver<Ended>,
     /// Where the supervisor asks, at most once, for this worker to be replaced.
     pub recycle: mpsc::UnboundedReceiver<RecycleMe>,
 }
@@ -190,9 +204,9 @@ pub fn launch(ctx: Arc<Ctx>, index: usize, live: Live) -> Instance {
             channel: live.channel.clone(),
             armed: true,
         };
-        let uptime = supervise(&ctx, index, live, control_rx, recycle).await;
+        let ended = supervise(&ctx, index, live, control_rx, recycle).await;
         guard.armed = false;
-        let _ = done_tx.send(uptime);
+        let _ = done_tx.send(ended);
     });
     Instance {
         pid,
@@ -230,8 +244,9 @@ impl Drop for Unsupervised {
 
 /// What ended a worker.
 enum End {
-    Exited(ExitStatus),
+    Exited,
     ChannelClosed,
+    WriterFailed,
     Violation(String),
     Stuck(String),
     DrainTimeout,
@@ -246,12 +261,13 @@ async fn supervise(
     live: Live,
     mut control: mpsc::UnboundedReceiver<Control>,
     recycle: mpsc::UnboundedSender<RecycleMe>,
-) -> Duration {
+) -> Ended {
     let cfg = &ctx.config;
     let Live {
         channel,
-        mut child,
+        mut process,
         mut reader,
+        mut writer,
         ..
     } = live;
     let pid = channel.pid;
@@ -273,7 +289,7 @@ async fn supervise(
                 Ok(false) => break End::ChannelClosed,
                 Err(v) => break End::Violation(v.0),
             },
-            status = child.wait() => {
+            () = process.exited() => {
                 // Its last frames (a drained worker's final responses, its Goodbye) may
                 // still be in the socket: route them before failing what it held. It
                 // takes no new requests meanwhile.
@@ -281,11 +297,11 @@ async fn supervise(
                 if let Err(v) = read_what_is_left(&channel, &mut reader).await {
                     break End::Violation(v.0);
                 }
-                match status {
-                    Ok(s) => break End::Exited(s),
-                    Err(_) => break End::ChannelClosed,
-                }
+                break End::Exited;
             }
+            // A write to the worker failed: what we queue goes nowhere from now on, so
+            // its requests fail at once instead of waiting for their timeouts.
+            _ = &mut writer => break End::WriterFailed,
             Some(Control::Drain) = control.recv(), if drain_deadline.is_none() => {
                 ctx.pool.remove(&channel);
                 channel.set_state(channel::State::Draining);
@@ -307,6 +323,10 @@ async fn supervise(
                 }
                 nonce += 1;
                 channel.send(MasterMsg::Ping(Ping { nonce }));
+                let stalled = channel.cancel_stalled(cfg.send_timeout);
+                if stalled > 0 {
+                    tracing::warn!(worker = index, pid, "cancelled {stalled} streamed response(s) whose client took nothing for {:?} (--send-timeout)", cfg.send_timeout);
+                }
                 if asked_to_recycle || drain_deadline.is_some() {
                     continue;
                 }
@@ -342,8 +362,8 @@ async fn supervise(
             "worker is stuck: {why}; it held {} request(s) {held:?}; sending SIGTERM",
             held.len()
         );
-        signal_group(pid, libc::SIGTERM);
-        if tokio::time::timeout(cfg.kill_timeout, child.wait())
+        process.signal(libc::SIGTERM);
+        if tokio::time::timeout(cfg.kill_timeout, process.exited())
             .await
             .is_err()
         {
@@ -359,13 +379,11 @@ async fn supervise(
         // A worker closes its channel as it exits (after a drain's Goodbye, or as it
         // dies): give it the chance to finish exiting before its group is killed, so
         // a clean exit is reported as one.
-        let _ = tokio::time::timeout(cfg.kill_timeout, child.wait()).await;
+        let _ = tokio::time::timeout(cfg.kill_timeout, process.exited()).await;
     }
-    kill_group(pid);
-    let status = match &end {
-        End::Exited(s) => Some(*s),
-        _ => child.wait().await.ok(),
-    };
+    // The group goes before the leader is reaped: until then its id is still ours.
+    let status = process.kill_and_reap().await.ok();
+    writer.abort();
     ctx.forget_pid(pid);
     let status = status.map_or_else(
         || "unknown status".to_string(),
@@ -408,7 +426,7 @@ async fn supervise(
             held.len()
         ),
     }
-    uptime
+    Ended { uptime, served }
 }
 
 /// How often a worker's requests are checked against `--request-timeout`: a

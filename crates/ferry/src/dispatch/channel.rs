@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::dispatch::pool::Lease;
 use crate::dispatch::table::{Exchange, Refused, Table, Violation};
 use crate::dispatch::writer::Outgoing;
+use crate::sync::lock;
 
 pub struct Channel {
     pub index: usize,
@@ -109,7 +110,7 @@ impl Channel {
         streamed_body: bool,
         encode: impl FnOnce(u64) -> Result<Bytes, E>,
     ) -> Result<Exchange, Refused<E>> {
-        let mut t = self.table.lock().unwrap();
+        let mut t = lock(&self.table);
         let window = streamed_body.then_some(self.send_window);
         let (exchange, frame) = t.register(lease, method, uri, window, encode)?;
         let _ = self.queue.send(Outgoing::Frame(frame));
@@ -118,7 +119,7 @@ impl Channel {
 
     /// Queues `Drain`, after which no request is registered (see [`Channel::register`]).
     pub fn start_drain(&self) {
-        let mut t = self.table.lock().unwrap();
+        let mut t = lock(&self.table);
         t.start_drain();
         self.send(MasterMsg::Drain);
     }
@@ -126,15 +127,45 @@ impl Channel {
     /// Asks the worker to drop request `id`. Its slot stays taken until the worker
     /// confirms with a terminal message.
     pub fn cancel(&self, id: u64) {
-        let mut t = self.table.lock().unwrap();
+        let mut t = lock(&self.table);
         if t.cancel(id) {
             self.send(MasterMsg::Cancel(Cancel { id }));
         }
     }
 
+    /// Queues a chunk of request `id`'s body, counted so that the worker can credit
+    /// back no more than it was sent. False once the request is over.
+    pub fn send_body_chunk(&self, id: u64, data: Bytes) -> bool {
+        let mut t = lock(&self.table);
+        if !t.body_sent(id, data.len()) {
+            return false;
+        }
+        self.send(MasterMsg::BodyChunk(BodyChunk { id, data }));
+        true
+    }
+
+    /// Queues the end of request `id`'s body; the worker's time starts now.
+    pub fn end_body(&self, id: u64, trailers: Vec<Header>) {
+        let mut t = lock(&self.table);
+        if t.upload_done(id) {
+            self.send(MasterMsg::BodyEnd(BodyEnd { id, trailers }));
+        }
+    }
+
+    /// Cancels every streamed response whose client stopped taking it for
+    /// `timeout` (see [`Table::stalled`]); how many.
+    pub fn cancel_stalled(&self, timeout: Duration) -> usize {
+        let mut t = lock(&self.table);
+        let ids = t.stalled(timeout);
+        for &id in &ids {
+            self.send(MasterMsg::Cancel(Cancel { id }));
+        }
+        ids.len()
+    }
+
     /// Grants the worker `n` more response-body bytes for `id`.
     pub fn credit(&self, id: u64, n: u32) {
-        let mut t = self.table.lock().unwrap();
+        let mut t = lock(&self.table);
         if t.credit(id, n) {
             self.send(MasterMsg::Credit(Credit { id, bytes: n }));
         }
@@ -142,7 +173,7 @@ impl Channel {
 
     /// The worker is gone: every request in flight learns it, and no new ones register.
     pub fn fail_all(&self) {
-        let entries = self.table.lock().unwrap().close_all();
+        let entries = lock(&self.table).close_all();
         // Outside the lock: dropping the leases takes the pool's lock.
         for e in entries {
             e.fail();
@@ -151,12 +182,12 @@ impl Channel {
 
     /// The requests in flight, for log lines: `GET /path (1.2s)`.
     pub fn describe_in_flight(&self) -> Vec<String> {
-        self.table.lock().unwrap().describe_in_flight()
+        lock(&self.table).describe_in_flight()
     }
 
     /// Requests in flight on this worker right now.
     pub fn in_flight(&self) -> usize {
-        self.table.lock().unwrap().len()
+        lock(&self.table).len()
     }
 
     pub fn state(&self) -> State {
@@ -173,19 +204,19 @@ impl Channel {
 
     /// How long since the worker last answered a ping.
     pub fn silent_for(&self) -> Duration {
-        self.last_pong.lock().unwrap().elapsed()
+        lock(&self.last_pong).elapsed()
     }
 
     /// Ends the wait of every request that has had no response head for `timeout`.
     /// Called on a tick by the worker's supervisor: one timer per worker instead of
     /// one per request, whose setup and teardown cost about 4 % of throughput.
     pub fn expire_heads(&self, timeout: Duration) {
-        self.table.lock().unwrap().expire_heads(timeout);
+        lock(&self.table).expire_heads(timeout);
     }
 
     /// A request whose cancellation the worker has not confirmed within `grace`.
     pub fn overdue_cancel(&self, grace: Duration) -> Option<String> {
-        self.table.lock().unwrap().overdue_cancel(grace)
+        lock(&self.table).overdue_cancel(grace)
     }
 
     pub fn served(&self) -> u64 {
@@ -197,7 +228,7 @@ impl Channel {
     pub fn handle(&self, msg: WorkerMsg) -> Result<(), Violation> {
         match msg {
             WorkerMsg::Pong(_) => {
-                *self.last_pong.lock().unwrap() = Instant::now();
+                *lock(&self.last_pong) = Instant::now();
                 Ok(())
             }
             WorkerMsg::Goodbye(g) => {
@@ -211,7 +242,7 @@ impl Channel {
             }
             WorkerMsg::Hello(_) => Err(Violation("a second Hello".into())),
             msg => {
-                let finished = self.table.lock().unwrap().route(msg, self.recv_window)?;
+                let finished = lock(&self.table).route(msg, self.recv_window)?;
                 if let Some(e) = finished {
                     self.served.fetch_add(1, Ordering::Relaxed);
                     // Closed outside the table's lock: the lease takes the pool's.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::config::Balance;
+use crate::sync::lock;
 
 pub struct Pool<W> {
     state: Mutex<State<W>>,
@@ -87,7 +88,7 @@ impl<W> Pool<W> {
     /// A worker finished its handshake: it takes requests from now on, starting
     /// with any that are waiting.
     pub fn add(self: &Arc<Self>, channel: Arc<W>, limit: usize) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = lock(&self.state);
         st.ready.push(Ready {
             channel: channel.clone(),
             in_flight: 0,
@@ -99,7 +100,7 @@ impl<W> Pool<W> {
 
     /// Requests waiting in the queue for a free worker slot.
     pub fn waiting(&self) -> usize {
-        let st = self.state.lock().unwrap();
+        let st = lock(&self.state);
         st.waiters.iter().filter(|w| !w.is_closed()).count()
     }
 
@@ -109,7 +110,7 @@ impl<W> Pool<W> {
 
     /// A worker leaves the pool (it died, or is draining): no new requests go to it.
     pub fn remove(&self, channel: &Arc<W>) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = lock(&self.state);
         st.ready.retain(|r| !Arc::ptr_eq(&r.channel, channel));
     }
 
@@ -120,7 +121,7 @@ impl<W> Pool<W> {
         avoid: Option<&Arc<W>>,
     ) -> Result<Lease<W>, NoSlot> {
         let rx = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = lock(&self.state);
             if let Some(i) = self
                 .pick(&st, avoid)
                 .or_else(|| avoid.and_then(|_| self.pick(&st, None)))
@@ -171,7 +172,7 @@ impl<W> Pool<W> {
     }
 
     fn release(self: &Arc<Self>, channel: &Arc<W>) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = lock(&self.state);
         // A worker that already left the pool has no entry; its count went with it.
         if let Some(i) = st
             .ready

@@ -16,6 +16,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::activity::Progress;
+
+/// Most fields a response head or its trailers may carry. `http::HeaderMap` panics
+/// past 32,768; no real response comes near this.
+pub const MAX_RESPONSE_FIELDS: usize = 4096;
+
+/// Body chunks smaller than this are copied out of the channel's read buffer: a
+/// slice would keep the whole buffer alive for as long as a slow client takes to
+/// read it (tiny chunks from a fast worker could pin hundreds of MiB). Larger chunks
+/// are kept as slices; a window's worth of them pins at most window / this many
+/// buffers.
+pub const COPY_BELOW: usize = 16 * 1024;
+
 /// The start of a response, as the worker sent it.
 pub struct Start {
     pub status: u16,
@@ -31,6 +44,8 @@ pub enum StartBody {
     Streamed {
         length: Option<u64>,
         pieces: mpsc::UnboundedReceiver<Piece>,
+        /// What the client has taken of it, which the body keeps up to date.
+        progress: Arc<Progress>,
     },
 }
 
@@ -82,12 +97,22 @@ pub struct Entry<L> {
     timed_out: bool,
     /// Where a streamed response body goes, once its head has arrived.
     body: Option<mpsc::UnboundedSender<Piece>>,
+    /// With `body`: what the client took of it, against the bytes routed to it.
+    progress: Option<Arc<Progress>>,
+    routed: u64,
+    /// The request body is still coming from the client: the wait for the response
+    /// head (`--request-timeout`) starts when it is all in.
+    uploading: bool,
     /// Response-body bytes the worker may still send before we grant more.
     recv_window: u64,
     /// Body bytes still owed, when the worker declared the body's length: the client
     /// was promised exactly that many in `Content-Length`.
     owed: Option<u64>,
     send_window: Option<Arc<Semaphore>>,
+    /// Request-body bytes sent to the worker, and those it credited back: it may
+    /// credit only what it was sent, so the window never grows past its start.
+    body_sent: u64,
+    body_credited: u64,
     /// When we sent `Cancel`, if we did: the worker must confirm within the grace period.
     cancelled: Option<Instant>,
     /// For log lines; cheap clones of the request's own (no allocation).
@@ -168,9 +193,14 @@ impl<L> Table<L> {
             Entry {
                 head: Some(head_tx),
                 body: None,
+                progress: None,
+                routed: 0,
+                uploading: send_window.is_some(),
                 recv_window: 0,
                 owed: None,
                 send_window: send_window.clone(),
+                body_sent: 0,
+                body_credited: 0,
                 cancelled: None,
                 timed_out: false,
                 method: method.clone(),
@@ -201,6 +231,49 @@ impl<L> Table<L> {
             }
             _ => false,
         }
+    }
+
+    /// Counts `n` request-body bytes as sent for `id`; true if the request is still in
+    /// flight (so the chunk should be sent).
+    pub fn body_sent(&mut self, id: u64, n: usize) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(e) => {
+                e.body_sent += n as u64;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The whole request body of `id` is sent: from now on the worker's time counts.
+    /// True if the request is still in flight.
+    pub fn upload_done(&mut self, id: u64) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(e) => {
+                if e.uploading {
+                    e.uploading = false;
+                    e.started = Instant::now();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Streamed responses whose client has taken nothing for `timeout` while bytes
+    /// were waiting for it: each is marked stalled and cancelled (the caller sends
+    /// the `Cancel`s), so its slot is freed when the worker confirms.
+    pub fn stalled(&mut self, timeout: Duration) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for (id, e) in self.entries.iter_mut() {
+            let Some(p) = &e.progress else { continue };
+            if e.cancelled.is_none() && e.routed > p.taken() && p.idle_for() >= timeout {
+                p.mark_stalled();
+                e.cancelled = Some(Instant::now());
+                ids.push(*id);
+            }
+        }
+        ids
     }
 
     /// Grants the worker `n` more response-body bytes for `id`; true if the request
@@ -242,7 +315,7 @@ impl<L> Table<L> {
     /// its proxy gets `Lost::TimedOut` (and answers 504, then cancels the request).
     pub fn expire_heads(&mut self, timeout: Duration) {
         for e in self.entries.values_mut() {
-            if e.head.is_some() && e.started.elapsed() >= timeout {
+            if e.head.is_some() && !e.uploading && e.started.elapsed() >= timeout {
                 if let Some(head) = e.head.take() {
                     e.timed_out = true;
                     let _ = head.send(Err(Lost::TimedOut));
@@ -271,6 +344,13 @@ impl<L> Table<L> {
                     .entries
                     .get_mut(&h.id)
                     .ok_or_else(|| unknown("ResponseHead", h.id))?;
+                if h.headers.len() > MAX_RESPONSE_FIELDS {
+                    return Err(Violation(format!(
+                        "request {}: a response head of {} fields (at most {MAX_RESPONSE_FIELDS})",
+                        h.id,
+                        h.headers.len()
+                    )));
+                }
                 let head = match e.head.take() {
                     Some(head) => Some(head),
                     // Too late: the client has its 504 and the Cancel is on its way. The
@@ -291,10 +371,17 @@ impl<L> Table<L> {
                     BodyKind::Inline(b) => (StartBody::Inline(b), true),
                     BodyKind::Streamed { length } => {
                         let (tx, pieces) = mpsc::unbounded_channel();
+                        let progress = Arc::new(Progress::default());
                         e.body = Some(tx);
+                        e.progress = Some(progress.clone());
                         e.recv_window = window as u64;
                         e.owed = length;
-                        (StartBody::Streamed { length, pieces }, false)
+                        let body = StartBody::Streamed {
+                            length,
+                            pieces,
+                            progress,
+                        };
+                        (body, false)
                     }
                 };
                 // The receiver may be gone (client left); the Cancel is already queued.
@@ -324,6 +411,7 @@ impl<L> Table<L> {
                     )));
                 }
                 e.recv_window -= len;
+                e.routed += len;
                 if let Some(owed) = &mut e.owed {
                     *owed = owed.checked_sub(len).ok_or_else(|| {
                         Violation(format!(
@@ -332,7 +420,12 @@ impl<L> Table<L> {
                         ))
                     })?;
                 }
-                let _ = body.send(Piece::Data(c.data));
+                let data = if c.data.len() < COPY_BELOW {
+                    Bytes::copy_from_slice(&c.data)
+                } else {
+                    c.data
+                };
+                let _ = body.send(Piece::Data(data));
                 None
             }
             WorkerMsg::BodyEnd(b) => {
@@ -344,6 +437,13 @@ impl<L> Table<L> {
                     .body
                     .as_ref()
                     .ok_or_else(|| not_streaming("BodyEnd", b.id))?;
+                if b.trailers.len() > MAX_RESPONSE_FIELDS {
+                    return Err(Violation(format!(
+                        "request {}: {} trailer fields (at most {MAX_RESPONSE_FIELDS})",
+                        b.id,
+                        b.trailers.len()
+                    )));
+                }
                 if let Some(owed @ 1..) = e.owed {
                     return Err(Violation(format!(
                         "request {}: the body ended {owed} bytes short of its declared length",
@@ -368,10 +468,20 @@ impl<L> Table<L> {
             WorkerMsg::Credit(c) => {
                 let e = self
                     .entries
-                    .get(&c.id)
+                    .get_mut(&c.id)
                     .ok_or_else(|| unknown("Credit", c.id))?;
                 // A credit for a body we do not stream grants nothing; it is harmless.
                 if let Some(w) = &e.send_window {
+                    // Only bytes we sent may be credited back: more would grow the window
+                    // without bound (and past what a semaphore can hold, which panics).
+                    let credited = e.body_credited + c.bytes as u64;
+                    if credited > e.body_sent {
+                        return Err(Violation(format!(
+                            "request {}: credits for {credited} request-body bytes, but only {} were sent",
+                            c.id, e.body_sent
+                        )));
+                    }
+                    e.body_credited = credited;
                     w.add_permits(c.bytes as usize);
                 }
                 None

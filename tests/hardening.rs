@@ -1,0 +1,422 @@
+//! Attacks and accidents, short forms: what a hostile or unlucky client or worker can
+//! do to the pool, and that it stays served. Each test fails on a master without the
+//! bound it checks.
+
+mod harness;
+
+use bytes::Bytes;
+use harness::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The first line of a raw HTTP/1.1 answer.
+fn status_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or("")
+}
+
+#[test]
+fn an_http11_request_needs_exactly_one_host() {
+    let f = Ferry::testbed(&["--workers", "1"]);
+    let none = raw(f.addr, b"GET / HTTP/1.1\r\n\r\n", "\r\n\r\n");
+    assert!(status_line(&none).contains(" 400 "), "{none}");
+    let two = raw(
+        f.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "\r\n\r\n",
+    );
+    assert!(status_line(&two).contains(" 400 "), "{two}");
+    let one = raw(
+        f.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "",
+    );
+    assert!(status_line(&one).contains(" 200 "), "{one}");
+    // HTTP/1.0 needs none.
+    let old = raw(f.addr, b"GET / HTTP/1.0\r\n\r\n", "");
+    assert!(status_line(&old).contains(" 200 "), "{old}");
+}
+
+#[test]
+fn a_malformed_chunked_body_is_the_clients_fault() {
+    let f = Ferry::testbed(&["--workers", "1"]);
+    let answer = raw(
+        f.addr,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz-not-a-size\r\n",
+        "\r\n\r\n",
+    );
+    assert!(status_line(&answer).contains(" 400 "), "{answer}");
+    // Neither blamed on the worker nor costing it its life.
+    let text = f.log.text();
+    assert!(!text.contains("failed in the worker"), "{text}");
+    assert_eq!(f.worker_pids().len(), 1);
+}
+
+#[test]
+fn a_paused_upload_gets_408_and_frees_its_slot() {
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--concurrency",
+        "1",
+        "--body-read-timeout",
+        "300ms",
+        "--queue-timeout",
+        "5s",
+    ]);
+    let mut s = TcpStream::connect(f.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let started = Instant::now();
+    // 100 KiB announced (so streamed, holding the only slot), 10 bytes sent.
+    // A handler that answers only after a minute: the 408 comes from the master.
+    s.write_all(
+        b"POST /sleep?ms=60000 HTTP/1.1\r\nHost: a\r\nContent-Length: 102400\r\n\r\n0123456789",
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(status_line(&answer).contains(" 408 "), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The slot came back: the only one there is serves the next request.
+    let r = raw(
+        f.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "",
+    );
+    assert!(status_line(&r).contains(" 200 "), "{r}");
+}
+
+#[tokio::test]
+async fn a_slow_honest_upload_is_not_a_request_timeout() {
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--request-timeout",
+        "400ms",
+        "--body-read-timeout",
+        "2s",
+    ]);
+    let addr = f.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        // Ten pieces, 100 ms apart: a second of upload, longer than the request timeout.
+        for _ in 0..10 {
+            s.write_all(&[b'u'; 10_000]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        status_line(&text).contains(" 200 "),
+        "{}",
+        status_line(&text)
+    );
+    assert!(answer.ends_with(&[b'u'; 1000]), "the body came back whole");
+}
+
+/// Clients that ask for a big streamed response and never read it hold no slot for
+/// longer than `--send-timeout`: afterwards the pool's only two slots serve again.
+#[test]
+fn clients_that_never_read_lose_their_slots_after_the_send_timeout() {
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--concurrency",
+        "2",
+        "--send-timeout",
+        "500ms",
+        "--queue-timeout",
+        "8s",
+    ]);
+    let stuck: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(f.addr).unwrap();
+            s.write_all(b"GET /stream?bytes=104857600 HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // Both slots are taken (the worker streams to each) until the master cuts them.
+    let started = Instant::now();
+    let r = raw(
+        f.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "",
+    );
+    assert!(status_line(&r).contains(" 200 "), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "served only after {:?}",
+        started.elapsed()
+    );
+    drop(stuck);
+}
+
+/// One HTTP/2 connection that never opens its flow-control window asks for many
+/// streamed responses: it gets its share of the pool, no more, and everybody else is
+/// served meanwhile.
+#[tokio::test]
+async fn one_h2_connection_with_a_closed_window_cannot_hold_the_pool() {
+    let f = Ferry::testbed(&["--workers", "2", "--send-timeout", "1s"]);
+    let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for _ in 0..200 {
+        let req = Request::get(format!("http://{}/stream?bytes=1048576", f.addr))
+            .body(())
+            .unwrap();
+        let c = client.clone();
+        streams.push(tokio::spawn(async move {
+            let mut c = c.ready().await.ok()?;
+            let (resp, _) = c.send_request(req, true).ok()?;
+            resp.await.ok()
+        }));
+    }
+    // Let the streams reach the workers.
+    let _ = tokio::time::timeout(Duration::from_millis(500), futures_ready(&mut streams)).await;
+    let mut ok = 0;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(2), get(f.addr, "/")).await;
+        if r.is_ok_and(|r| r.status == StatusCode::OK) && started.elapsed() < Duration::from_secs(2)
+        {
+            ok += 1;
+        }
+    }
+    assert!(ok >= 19, "{ok} of 20 probes served within 2 s");
+    drop(client);
+}
+
+/// Waits until at least one of the spawned streams has its response head.
+async fn futures_ready(
+    streams: &mut [tokio::task::JoinHandle<Option<http::Response<h2::RecvStream>>>],
+) {
+    loop {
+        if streams.iter().any(|s| s.is_finished()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Workers killed one after another while serving are replaced at once: the pool is
+/// never empty for long, and whole again soon after.
+#[tokio::test]
+async fn a_crash_storm_never_empties_the_pool_for_long() {
+    let f = Ferry::testbed(&["--workers", "2", "--queue-timeout", "3s"]);
+    let storm_end = Instant::now() + Duration::from_secs(3);
+    let addr = f.addr;
+    let probes = tokio::spawn(async move {
+        let mut worst = Duration::ZERO;
+        let mut failed = 0;
+        while Instant::now() < storm_end + Duration::from_secs(1) {
+            let started = Instant::now();
+            match tokio::time::timeout(Duration::from_secs(4), try_get(addr, "/")).await {
+                Ok(Some(StatusCode::OK)) => {}
+                _ => failed += 1,
+            }
+            worst = worst.max(started.elapsed());
+        }
+        (worst, failed)
+    });
+    let mut killed = 0;
+    while Instant::now() < storm_end {
+        if let Some(&victim) = f.worker_pids().first() {
+            unsafe {
+                libc::kill(victim as i32, libc::SIGKILL);
+            }
+            killed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (worst, failed) = probes.await.unwrap();
+    assert!(killed >= 10, "{killed}");
+    // A probe that met a dying worker may get 502; none waits long for a worker.
+    assert!(
+        worst < Duration::from_secs(2),
+        "a probe waited {worst:?}; {failed} failed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while f.worker_pids().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the pool is not whole 3 s after the storm"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !f.log.text().contains("restarting in 2s"),
+        "no long backoff"
+    );
+}
+
+/// A GET whose failure (a cut connection) is an answer, not a panic.
+async fn try_get(addr: SocketAddr, path: &str) -> Option<StatusCode> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.ok()?;
+    Some(resp.status())
+}
+
+/// Half an HTTP/2 preface, from many connections at once, costs the master no CPU:
+/// each waits on its socket, with no re-peeking loop.
+#[test]
+fn half_prefaces_do_not_pin_the_master() {
+    let f = Ferry::testbed(&["--workers", "1", "--header-read-timeout", "20s"]);
+    let idle: Vec<TcpStream> = (0..400)
+        .map(|_| {
+            let mut s = TcpStream::connect(f.addr).unwrap();
+            s.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+            s
+        })
+        .collect();
+    // Served all the same.
+    let r = raw(
+        f.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "",
+    );
+    assert!(status_line(&r).contains(" 200 "), "{r}");
+    let before = cpu_ticks(f.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(f.pid()) - before;
+    // Clock ticks are 10 ms: 2 s is 200 of them. Re-peeking 400 sockets every 5 ms
+    // took most of a core; waiting takes next to none.
+    assert!(
+        used < 40,
+        "the master used {used} ticks of CPU in 2 s of idle connections"
+    );
+    drop(idle);
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// At `--max-connections` the master stops accepting until a connection closes.
+#[test]
+fn at_the_connection_cap_accepting_waits_for_a_close() {
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--max-connections",
+        "3",
+        "--header-read-timeout",
+        "20s",
+    ]);
+    let mut open: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(f.addr).unwrap())
+        .collect();
+    // Accepted by the kernel, not by the master: no answer while the cap holds.
+    let mut extra = TcpStream::connect(f.addr).unwrap();
+    extra
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(extra.read(&mut buf).is_err(), "answered above the cap");
+    assert!(f.log.wait_for("--max-connections", WAIT).is_some());
+    // One closes: the waiting one is served.
+    open.pop();
+    extra.set_read_timeout(Some(WAIT)).unwrap();
+    let n = extra.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains(" 200 "));
+}
+
+async fn violation_by(mode: &str, request: Request<Full<Bytes>>, expect: &str) {
+    let f = Ferry::builder(&["--workers", "2"], &[&misbehave(), mode]).start();
+    let r = Conn::open(f.addr).await.try_send(request).await;
+    assert_eq!(
+        r.expect("a response").status,
+        StatusCode::BAD_GATEWAY,
+        "{mode}"
+    );
+    let line = f
+        .log
+        .wait_for("protocol violation", WAIT)
+        .unwrap_or_else(|| panic!("{mode}: {}", f.log.text()));
+    assert!(line.contains(expect), "{mode}: {line}");
+    assert!(f.log.wait_for_nth("worker started", 3, WAIT).is_some());
+    assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
+    assert!(!f.log.text().contains("panicked"));
+}
+
+#[tokio::test]
+async fn a_response_head_of_40000_fields_is_a_violation_not_a_panic() {
+    let req = Request::post("/evil")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    violation_by("many-fields", req, "fields").await;
+}
+
+#[tokio::test]
+async fn credits_for_bytes_never_sent_are_a_violation_not_a_panic() {
+    // A streamed upload (over 64 KiB), so the request has a window to inflate.
+    let body = Bytes::from(vec![b'b'; 200 * 1024]);
+    let req = Request::post("/evil").body(Full::new(body)).unwrap();
+    violation_by("credit-flood", req, "credits").await;
+}
+
+#[tokio::test]
+async fn junk_on_a_workers_stderr_is_relayed_and_its_pipe_kept_open() {
+    let f = Ferry::builder(&["--workers", "1"], &[&misbehave(), "stderr-junk"]).start();
+    let victim = f.worker_pids()[0];
+    let r = Conn::open(f.addr)
+        .await
+        .try_send(
+            Request::post("/evil")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        f.log.wait_for("after the junk", WAIT).is_some(),
+        "{}",
+        f.log.text().len()
+    );
+    assert!(
+        f.log.text().contains("not utf-8"),
+        "lossy, not the end of the relay"
+    );
+    // The same worker serves on.
+    assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
+    assert_eq!(f.worker_pids(), vec![victim]);
+}
