@@ -319,6 +319,53 @@ fn half_prefaces_do_not_pin_the_master() {
     drop(idle);
 }
 
+/// A client socket whose receive buffer is set small before it connects, so the
+/// kernel holds little of what the server sends it.
+fn connect_with_small_receive_buffer(addr: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("loopback v4")
+    };
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let small: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &small as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            &sin as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(r, 0, "connect");
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// Resident memory of a process now, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -419,4 +466,152 @@ async fn junk_on_a_workers_stderr_is_relayed_and_its_pipe_kept_open() {
     // The same worker serves on.
     assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
     assert_eq!(f.worker_pids(), vec![victim]);
+}
+
+/// A worker whose channel can no longer be written to is replaced at once: its
+/// requests fail now, not at the heartbeat timeout.
+#[tokio::test]
+async fn a_broken_channel_fails_its_requests_at_once() {
+    let f = Ferry::builder(
+        &[
+            "--workers",
+            "1",
+            "--heartbeat-timeout",
+            "60s",
+            "--request-timeout",
+            "60s",
+        ],
+        &[&misbehave(), "deaf"],
+    )
+    .start();
+    let started = Instant::now();
+    let r = Conn::open(f.addr)
+        .await
+        .try_send(
+            Request::post("/evil")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(f
+        .log
+        .wait_for("a write to its channel failed", WAIT)
+        .is_some());
+    assert!(
+        f.log.wait_for_nth("worker started", 2, WAIT).is_some(),
+        "replaced"
+    );
+}
+
+/// A worker streaming tiny chunks, one at a time, to a client that does not read:
+/// the master holds at most a window of them, each copied out of the channel's read
+/// buffer. (As slices, each would pin a whole read buffer, 64 KiB or more once a big
+/// frame has grown it: a window of 100-byte chunks could pin over 100 MiB.)
+#[test]
+fn tiny_chunks_to_a_stalled_client_keep_the_master_small() {
+    let f = Ferry::testbed(&["--workers", "1"]);
+    // A big response first, so the channel's read buffer has grown.
+    let warm = raw(
+        f.addr,
+        b"GET /stream?bytes=1048576 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "",
+    );
+    assert!(warm.len() > 1 << 20);
+    let base = rss(f.pid());
+    let mut s = connect_with_small_receive_buffer(f.addr);
+    // 100-byte chunks, a millisecond apart (so each arrives in a read of its own),
+    // and the client reads nothing for 4 s: over 3,000 chunks, the window is 2,621,
+    // and the kernel holds little of it for a client whose receive buffer is small.
+    s.write_all(b"GET /stream?bytes=1048576&chunk=100&every=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let grew = rss(f.pid()).saturating_sub(base);
+    eprintln!(
+        "master RSS grew by {} KiB (from {} KiB)",
+        grew >> 10,
+        base >> 10
+    );
+    assert!(grew < 16 << 20, "the master grew by {} KiB", grew >> 10);
+    drop(s);
+}
+
+/// Over HTTP/2, a response still streaming is activity: the connection is not
+/// closed as idle under it, and takes new streams.
+#[tokio::test]
+async fn an_h2_connection_streaming_a_long_response_is_not_idle() {
+    let f = Ferry::testbed(&["--workers", "1", "--header-read-timeout", "500ms"]);
+    let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let uri = |path: &str| format!("http://{}{path}", f.addr);
+    // 15 chunks 100 ms apart: 1.5 s, three times the idle limit.
+    let req = Request::get(uri("/stream?bytes=15000&chunk=1000&every=100"))
+        .body(())
+        .unwrap();
+    let (resp, _) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(req, true)
+        .unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let mut got = 0;
+    let mut second = None;
+    let started = Instant::now();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        got += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if second.is_none() && started.elapsed() > Duration::from_secs(1) {
+            // Past the idle limit, mid-stream: a new stream is still taken.
+            let req = Request::get(uri("/")).body(()).unwrap();
+            let mut c = client.clone().ready().await.expect("no GOAWAY");
+            let (r, _) = c.send_request(req, true).expect("a new stream");
+            second = Some(r.await.expect("answered").status());
+        }
+    }
+    assert_eq!(got, 15000);
+    assert_eq!(second, Some(StatusCode::OK));
+}
+
+/// Past the descriptor limit: connections wait, worker restarts still work, and
+/// once the flood is gone new clients are served at once.
+#[tokio::test]
+async fn a_descriptor_flood_neither_stops_restarts_nor_outlasts_itself() {
+    // A hard limit of 256 descriptors, less what the workers need, for connections.
+    let f = Ferry::builder(&["--workers", "1"], &[&testbed()])
+        .limit_fds(256)
+        .start();
+    let flood: Vec<TcpStream> = (0..400)
+        .filter_map(|_| TcpStream::connect(f.addr).ok())
+        .collect();
+    assert!(flood.len() > 200, "{} connected", flood.len());
+    assert!(f.log.wait_for("--max-connections", WAIT).is_some());
+    // A worker killed now is replaced: its descriptors were kept back.
+    let victim = f.worker_pids()[0];
+    unsafe {
+        libc::kill(victim as i32, libc::SIGKILL);
+    }
+    assert!(
+        f.log.wait_for_nth("worker started", 2, WAIT).is_some(),
+        "{}",
+        f.log.text()
+    );
+    drop(flood);
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), get(f.addr, "/")).await;
+    assert!(r.is_ok_and(|r| r.status == StatusCode::OK));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -10,7 +10,9 @@
 //! - `many-fields`: `/evil` gets a response head of 40,000 header fields;
 //! - `credit-flood`: `/evil` (a streamed upload) gets credits for 4 GB, twice;
 //! - `stderr-junk`: `/evil` first writes invalid UTF-8 and a 10 MiB line to stderr,
-//!   then answers as usual (so the master must keep reading its pipe).
+//!   then answers as usual (so the master must keep reading its pipe);
+//! - `deaf`: `/evil` makes it stop reading its channel (`shutdown(SHUT_RD)`), so the
+//!   master's next write to it fails, and it answers nothing more.
 
 use bytes::{Bytes, BytesMut};
 use ferry_protocol::frame::{decode_master, encode_worker, split_frame};
@@ -82,6 +84,12 @@ fn main() {
                 "garbage" => raw(&mut sock, &[0, 0, 0, 5, 0x5a, 1, 2, 3, 4]),
                 "oversize" => raw(&mut sock, &[0x7f, 0xff, 0xff, 0xff, 0x02]),
                 "unknown-id" => send(&mut sock, &ok(id + 1000)),
+                "deaf" => {
+                    let _ = sock.shutdown(std::net::Shutdown::Read);
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(60));
+                    }
+                }
                 "many-fields" => {
                     let headers = (0..40_000)
                         .map(|_| Header::new(Bytes::from_static(b"x"), Bytes::new()))

@@ -14,7 +14,14 @@ use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
 /// Where cargo put the binaries: next to this test executable's `deps/` folder.
+/// `FERRY_MASTER` names another `ferry` to test instead (an older build, to measure
+/// an attack before and after a fix: `tests/attacks.sh`).
 pub fn bin(name: &str) -> PathBuf {
+    if name == "ferry" {
+        if let Some(other) = std::env::var_os("FERRY_MASTER") {
+            return PathBuf::from(other);
+        }
+    }
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
         // `cargo test` builds a package's own binaries only: make sure the others exist
@@ -92,6 +99,8 @@ pub struct Builder {
     args: Vec<String>,
     worker: Vec<String>,
     env: Vec<(String, String)>,
+    /// RLIMIT_NOFILE (soft and hard) for ferry and so its workers.
+    fds: Option<u64>,
 }
 
 impl Ferry {
@@ -105,6 +114,7 @@ impl Ferry {
             args: args.iter().map(|s| s.to_string()).collect(),
             worker: worker.iter().map(|s| s.to_string()).collect(),
             env: vec![],
+            fds: None,
         }
     }
 
@@ -140,6 +150,12 @@ impl Ferry {
 }
 
 impl Builder {
+    /// Runs ferry with at most `n` open descriptors (its hard limit too).
+    pub fn limit_fds(mut self, n: u64) -> Self {
+        self.fds = Some(n);
+        self
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self
@@ -158,6 +174,23 @@ impl Builder {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(n) = self.fds {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // Only an async-signal-safe call between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         cmd
     }
 

@@ -7,7 +7,8 @@
 //! Routes: `GET /` hello; `/pid`; `POST /echo` (body back, streamed, same
 //! content-type); `/sleep?ms=N` (async wait); `/spin?ms=N` (blocks the thread);
 //! `/crash` (abort mid-request); `/panic`; `/exit?code=N`; `/stream?bytes=N`
-//! (chunked body of N bytes; with `&claim=M` its size hint says M, a lie unless M = N); `/headers` (request headers as JSON pairs); `/target` (request target and version);
+//! (chunked body of N bytes, in chunks of `&chunk=C` bytes, `&every=MS` apart; with
+//! `&claim=M` its size hint says M, a lie unless M = N); `/headers` (request headers as JSON pairs); `/target` (request target and version);
 //! `/spawn` (starts a `sleep` grandchild in the worker's process group, returns its pid);
 //! `/big-header?bytes=N` (a response header of N bytes).
 //!
@@ -21,6 +22,7 @@
 use bytes::Bytes;
 use ferry_worker::{Body, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -157,6 +159,9 @@ async fn route(req: Request<Body>) -> Response<Body> {
             let mut resp = Response::new(Body::new(Repeat {
                 left: query("bytes").unwrap_or(0),
                 claim: query("claim"),
+                chunk: query("chunk").unwrap_or(64 * 1024).clamp(1, 1 << 20) as usize,
+                every: query("every").map(Duration::from_millis),
+                pause: None,
             }));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -221,6 +226,11 @@ struct Repeat {
     left: u64,
     /// The exact size the body claims to have (a lie, unless it equals `left`).
     claim: Option<u64>,
+    /// Bytes per chunk (`chunk=N`, default 64 KiB).
+    chunk: usize,
+    /// A pause before each chunk after the first (`every=MS`): a slow event stream.
+    every: Option<Duration>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 const PATTERN: &[u8; 64] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n";
@@ -231,12 +241,18 @@ impl http_body::Body for Repeat {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.left == 0 {
             return Poll::Ready(None);
         }
-        let n = self.left.min(64 * 1024) as usize;
+        if let Some(pause) = &mut self.pause {
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        self.pause = self.every.map(|d| Box::pin(tokio::time::sleep(d)));
+        let n = self.left.min(self.chunk as u64) as usize;
         self.left -= n as u64;
         let chunk: Vec<u8> = PATTERN.iter().copied().cycle().take(n).collect();
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))

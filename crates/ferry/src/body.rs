@@ -143,3 +143,106 @@ impl http_body::Body for ResponseBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Balance;
+    use crate::dispatch::pool::Pool;
+    use crate::dispatch::writer::Outgoing;
+    use ferry_protocol::*;
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+
+    /// A streamed response of declared `length` for a request in flight on a channel;
+    /// the channel's queue shows what the body makes the master send.
+    async fn streamed(
+        length: Option<u64>,
+    ) -> (
+        ResponseBody,
+        mpsc::UnboundedSender<Piece>,
+        mpsc::UnboundedReceiver<Outgoing>,
+        Arc<Pool<Channel>>,
+    ) {
+        let pool = Pool::new(Balance::LeastOutstanding, 4, Duration::from_secs(1));
+        let (queue, mut out) = mpsc::unbounded_channel();
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            pid: 1,
+            max_in_flight: 4,
+            initial_window: DEFAULT_INITIAL_WINDOW,
+            sdk_name: "test".into(),
+            sdk_version: "0".into(),
+        };
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            worker_index: 0,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE as u32,
+            max_in_flight: 4,
+            initial_window: DEFAULT_INITIAL_WINDOW,
+        };
+        let channel = Channel::new(0, 1, queue, &hello, &welcome);
+        pool.add(channel.clone(), 4);
+        let lease = pool.acquire_avoiding(None).await.unwrap();
+        let x = channel
+            .register::<()>(
+                lease,
+                &http::Method::GET,
+                &http::Uri::from_static("/"),
+                false,
+                |_| Ok(Bytes::new()),
+            )
+            .unwrap();
+        let _head_frame = out.try_recv();
+        let (pieces, rx) = mpsc::unbounded_channel();
+        let body = ResponseBody::Stream(Stream {
+            rx,
+            guard: CancelGuard {
+                channel,
+                id: x.id,
+                armed: true,
+            },
+            length,
+            remaining: length,
+            progress: Arc::new(Progress::default()),
+            busy: None,
+            uncredited: 0,
+            credit_every: 1 << 20,
+        });
+        (body, pieces, out, pool)
+    }
+
+    fn cancels(out: &mut mpsc::UnboundedReceiver<Outgoing>) -> usize {
+        std::iter::from_fn(|| out.try_recv().ok())
+            .filter(|o| matches!(o, Outgoing::Msg(MasterMsg::Cancel(_))))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_after_its_declared_length_is_no_cancellation() {
+        let (mut body, pieces, mut out, _pool) = streamed(Some(5)).await;
+        pieces
+            .send(Piece::Data(Bytes::from_static(b"hello")))
+            .unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        assert!(body.is_end_stream(), "all declared bytes are out");
+        drop(body);
+        assert_eq!(cancels(&mut out), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_short_of_its_end_cancels_the_request() {
+        let (mut body, pieces, mut out, _pool) = streamed(Some(10)).await;
+        pieces
+            .send(Piece::Data(Bytes::from_static(b"hello")))
+            .unwrap();
+        let _ = body.frame().await;
+        drop(body);
+        assert_eq!(cancels(&mut out), 1);
+        let (body, _pieces, mut out, _pool) = streamed(None).await;
+        drop(body);
+        assert_eq!(cancels(&mut out), 1, "no length, no end: cancelled");
+    }
+}

@@ -401,6 +401,14 @@ async fn supervise(
             "worker killed for a protocol violation: {v}; it held {} request(s) {held:?}; {status}",
             held.len()
         ),
+        End::WriterFailed => tracing::error!(
+            worker = index,
+            pid,
+            ?uptime,
+            served,
+            "worker killed: a write to its channel failed; it held {} request(s) {held:?}",
+            held.len()
+        ),
         End::DrainTimeout => tracing::warn!(
             worker = index,
             pid,

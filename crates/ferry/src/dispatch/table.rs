@@ -501,3 +501,6 @@ fn not_streaming(what: &str, id: u64) -> Violation {
         "a {what} for request {id}, whose response head is missing or not streamed"
     ))
 }
+
+#[cfg(test)]
+mod tests;
