@@ -1,0 +1,291 @@
+"""The worker side of the protocol against a fake master in the test: the worker runs
+as a real subprocess on one end of a socketpair, and the test checks every frame it
+sends (handshake, flow control both ways, Ping during a handler, Cancel, Drain and
+Goodbye, the group kill on EOF, bad frames, an app that does not import)."""
+import os
+import select
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import APPS, PY
+from ferry_worker import codec as c
+
+KINDS = {
+    "flask": [PY, "-m", "ferry_worker.wsgi", "flask_app:app", "--threads", "3"],
+    "starlette": [PY, "-m", "ferry_worker.asgi", "starlette_app:app", "--max-in-flight", "3"],
+}
+GET = lambda rid, path: c.encode_request_head(rid, "GET", path, 2, [(b"host", b"t")], "127.0.0.1:1")
+
+
+class FakeMaster:
+    def __init__(self, cmd, marks):
+        self.sock, theirs = socket.socketpair()
+        env = dict(os.environ, FERRY_FD=str(theirs.fileno()), FERRY_TEST_DIR=marks,
+                   PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=env, cwd=APPS,
+                                     stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        theirs.close()
+        self.splitter = c.FrameSplitter()
+        self.frames = []
+
+    def send(self, *frames):
+        self.sock.sendall(b"".join(frames))
+
+    def recv(self, timeout=10):
+        """The next frame from the worker, decoded: (type, message); None on EOF."""
+        deadline = time.monotonic() + timeout
+        while not self.frames:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise AssertionError("no frame from the worker in %ss" % timeout)
+            data = self.sock.recv(1 << 20)
+            if not data:
+                return None
+            self.frames += [bytes(b[s:e]) for b, s, e in self.splitter.feed(data)]
+        t, msg = c.decode_worker(self.frames.pop(0))
+        if t == c.W_BODY_CHUNK:
+            msg = c.BodyChunk(msg.id, bytes(msg.data))
+        return t, msg
+
+    def quiet(self, seconds=0.3):
+        """Asserts that the worker sends nothing for a while (it is waiting for us)."""
+        assert not self.frames
+        r = select.select([self.sock], [], [], seconds)[0]
+        assert not r, "the worker sent %r" % self.sock.recv(100)
+
+    def handshake(self, window=c.DEFAULT_INITIAL_WINDOW, max_in_flight=64):
+        t, hello = self.recv()
+        assert t == c.HELLO
+        self.send(c.encode_welcome(0, c.DEFAULT_MAX_FRAME_SIZE, max_in_flight, window))
+        return hello
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        self.sock.close()
+
+
+@pytest.fixture(params=sorted(KINDS))
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def master(kind, tmp_path):
+    m = FakeMaster(KINDS[kind], str(tmp_path))
+    yield m
+    m.kill()
+
+
+def test_hello(master):
+    hello = master.handshake()
+    assert hello.protocol_version == 1
+    assert hello.pid == master.proc.pid
+    assert hello.max_in_flight == 3
+    assert hello.initial_window == 262144
+    assert (hello.sdk_name, hello.sdk_version) == ("ferry-py", "0.1.0")
+
+
+def test_inline_response(master):
+    master.handshake()
+    master.send(GET(1, "/hello"))
+    t, head = master.recv()
+    assert t == c.RESPONSE_HEAD
+    assert (head.id, head.status, head.body) == (1, 200, (c.INLINE, b"Hello, world!\n"))
+
+
+def test_ping_is_answered_while_a_handler_runs(master):
+    master.handshake()
+    master.send(GET(1, "/slow?t=2"))
+    t0 = time.monotonic()
+    master.send(c.encode_ping(42))
+    t, pong = master.recv()
+    assert t == c.PONG and pong == c.Pong(42, 1)
+    assert time.monotonic() - t0 < 1.5
+    t, head = master.recv(5)
+    assert t == c.RESPONSE_HEAD and head.body == (c.INLINE, b"done")
+
+
+def test_ping_is_answered_while_every_handler_thread_is_busy(master):
+    master.handshake()
+    master.send(GET(1, "/slow?t=2"), GET(2, "/slow?t=2"), GET(3, "/slow?t=2"))
+    t0 = time.monotonic()
+    master.send(c.encode_ping(43))
+    t, pong = master.recv()
+    assert t == c.PONG and pong == c.Pong(43, 3)
+    assert time.monotonic() - t0 < 1.5
+    master.send(c.encode_cancel(2))         # and Cancel is handled at once too
+    assert master.recv(1.5) == (c.REQUEST_FAILED, c.RequestFailed(2, "cancelled"))
+    ids = sorted(master.recv(5)[1].id for _ in range(2))
+    assert ids == [1, 3]
+
+
+def test_response_body_stays_within_the_window(master):
+    master.handshake(window=1000)
+    master.send(GET(1, "/download?n=5000"))
+    t, head = master.recv()
+    assert t == c.RESPONSE_HEAD and head.body == (c.STREAMED, None)
+    got = b""
+    while len(got) < 1000:
+        t, chunk = master.recv()
+        assert t == c.W_BODY_CHUNK and chunk.id == 1
+        got += chunk.data
+    assert len(got) == 1000                 # exactly the window, not a byte more
+    master.quiet()
+    master.send(c.encode_credit(1, 1500, worker=False))
+    while len(got) < 2500:
+        t, chunk = master.recv()
+        assert t == c.W_BODY_CHUNK
+        got += chunk.data
+    assert len(got) == 2500
+    master.quiet()
+    master.send(c.encode_credit(1, 1 << 20, worker=False))
+    while True:
+        t, msg = master.recv()
+        if t == c.W_BODY_END:
+            break
+        got += msg.data
+    assert got == (bytes(range(256)) * 20)[:5000]
+
+
+def test_request_body_is_credited_as_it_is_consumed(master):
+    hello = master.handshake()
+    window = hello.initial_window
+    head = c.encode_request_head(1, "POST", "/echo", 2, [(b"host", b"t")], "127.0.0.1:1",
+                                 (c.STREAMED, 1 << 20))
+    master.send(head)
+    data = os.urandom(1 << 20)
+    sent, credits = 0, 0
+    while sent < len(data):
+        if window == 0:
+            t, credit = master.recv()
+            assert t == c.W_CREDIT and credit.id == 1
+            window += credit.bytes
+            credits += 1
+            continue
+        n = min(window, 65536, len(data) - sent)
+        master.send(c.encode_body_chunk(1, data[sent:sent + n], worker=False))
+        sent += n
+        window -= n
+    master.send(c.encode_body_end(1, (), worker=False))
+    assert credits >= 3                     # batched: a few, not one per chunk
+    echoed, t, head = b"", *master.recv()
+    while t == c.W_CREDIT:                  # credits may still cross the end
+        t, head = master.recv()
+    assert t == c.RESPONSE_HEAD and head.status == 200
+    assert head.body[0] == c.STREAMED
+    master.send(c.encode_credit(1, 1 << 24, worker=False))
+    while True:
+        t, msg = master.recv()
+        if t == c.W_BODY_END:
+            break
+        assert t == c.W_BODY_CHUNK
+        echoed += msg.data
+    assert echoed == data
+
+
+def test_cancel_fails_the_request_and_later_frames_are_ignored(master):
+    master.handshake()
+    master.send(GET(1, "/slow?t=5"))
+    master.send(c.encode_cancel(1))
+    t, failed = master.recv(2)
+    assert (t, failed) == (c.REQUEST_FAILED, c.RequestFailed(1, "cancelled"))
+    # Frames crossing the terminal message are ignored silently, as are unknown ids.
+    master.send(c.encode_credit(1, 100, worker=False), c.encode_cancel(1), c.encode_cancel(99))
+    master.send(c.encode_ping(7))
+    assert master.recv() == (c.PONG, c.Pong(7, 0))
+    # The in-flight slot is free again: another request is served.
+    master.send(GET(2, "/hello"))
+    t, head = master.recv()
+    assert t == c.RESPONSE_HEAD and head.id == 2
+
+
+def test_drain_finishes_in_flight_then_goodbye_and_exit_0(master):
+    master.handshake()
+    master.send(GET(1, "/slow?t=0.5"))
+    master.send(c.encode_drain())
+    master.send(c.encode_ping(5))           # still answered while draining
+    assert master.recv() == (c.PONG, c.Pong(5, 1))
+    t, head = master.recv()
+    assert t == c.RESPONSE_HEAD and head.body == (c.INLINE, b"done")
+    assert master.recv() == (c.GOODBYE, c.Goodbye("drained"))
+    assert master.recv() is None            # nothing after Goodbye
+    assert master.proc.wait(10) == 0
+
+
+def dead(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_eof_kills_the_whole_process_group(master):
+    master.handshake()
+    master.send(GET(1, "/spawn"))
+    t, head = master.recv()
+    child = int(head.body[1])
+    assert not dead(child)
+    master.sock.close()                     # the master is gone
+    assert master.proc.wait(10) == -9       # killed with its group, at once
+    deadline = time.monotonic() + 10
+    while not dead(child):
+        assert time.monotonic() < deadline, "the worker's child outlived it"
+        time.sleep(0.01)
+
+
+def test_sigterm_kills_the_whole_process_group(master):
+    master.handshake()
+    master.send(GET(1, "/spawn"))
+    t, head = master.recv()
+    child = int(head.body[1])
+    master.send(GET(2, "/slow?t=5"))          # even while a handler runs
+    master.proc.send_signal(15)
+    assert master.proc.wait(10) == -9
+    deadline = time.monotonic() + 10
+    while not dead(child):
+        assert time.monotonic() < deadline, "the worker's child outlived it"
+        time.sleep(0.01)
+
+
+def test_a_frame_that_does_not_decode_ends_the_worker(master):
+    master.handshake()
+    master.send(b"\x00\x00\x00\x02\x87\x00")  # a Ping too short for its nonce
+    assert master.recv() is None
+    assert master.proc.wait(10) != 0
+    assert b"bad frame from the master" in master.proc.stderr.read()
+
+
+def test_an_oversized_frame_ends_the_worker(master):
+    master.handshake()
+    master.send(b"\x7f\x00\x00\x00")
+    assert master.recv() is None
+    assert master.proc.wait(10) != 0
+    assert b"over the limit" in master.proc.stderr.read()
+
+
+@pytest.mark.parametrize("module", ["ferry_worker.wsgi", "ferry_worker.asgi"])
+def test_an_app_that_does_not_import_exits_before_the_handshake(module, tmp_path):
+    m = FakeMaster([PY, "-m", module, "no_such_module_here:app"], str(tmp_path))
+    try:
+        assert m.recv() is None             # no Hello: EOF
+        assert m.proc.wait(10) == 1
+        err = m.proc.stderr.read()
+        assert b"ModuleNotFoundError" in err and b"no_such_module_here" in err
+    finally:
+        m.kill()
+
+
+def test_ferry_reports_the_import_error_as_a_start_failure(start_ferry):
+    f = start_ferry([PY, "-m", "ferry_worker.wsgi", "no_such_module_here:app"], ready=False)
+    assert f.wait_exit(30) == 1
+    f.wait_for("failed to start")
+    assert "No module named 'no_such_module_here'" in f.log()
