@@ -131,3 +131,28 @@ fn an_admin_address_in_use_fails_at_start() {
         "{stderr}"
     );
 }
+
+/// `/healthz` says the master runs; `/readyz` turns 503 the moment a graceful stop
+/// begins, while a request in flight still finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_at_the_start_of_a_graceful_stop() {
+    let f = Ferry::testbed(&["--workers", "1", "--admin-listen", "127.0.0.1:0"]);
+    let admin = admin_addr(&f);
+    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+    let ready = get(admin, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+    let addr = f.addr;
+    let slow = tokio::spawn(async move { get(addr, "/sleep?ms=1500").await });
+    assert!(f.log.wait_for("sleeping 1500 ms", WAIT).is_some());
+    f.signal(libc::SIGTERM);
+    assert!(f.log.wait_for("stopping gracefully", WAIT).is_some());
+    let r = get(admin, "/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.text(), "not ready: stopping\n");
+    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(
+        slow.await.unwrap().status,
+        StatusCode::OK,
+        "in flight, finished"
+    );
+}

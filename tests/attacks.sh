@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 run() {
     cargo test --release -q -p ferry-blackbox --test attacks -- --ignored --nocapture --test-threads 1 2>&1 \
-        | grep '^figure' || true
+        | grep -o 'figure |.*' || true
 }
 cargo build --release -q --workspace --bins
 echo "== this build"

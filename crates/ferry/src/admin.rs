@@ -5,6 +5,10 @@
 //!   uptime, requests in flight and served, resident memory), the queue, response
 //!   counts by class, worker starts and exits.
 //! - `GET /metrics`: the same numbers in the OpenMetrics text format, for Prometheus.
+//! - `GET /healthz`: 200 while the master runs (a liveness probe).
+//! - `GET /readyz`: 200 while at least one worker takes requests and the master is
+//!   not stopping; 503 otherwise, from the first moment of a graceful stop, so a
+//!   load balancer stops sending while in-flight requests finish (a readiness probe).
 //!
 //! It is read-only and has no authentication: bind it to loopback or a private
 //! network. It runs on the master's runtime, apart from the public listener, so it
@@ -73,11 +77,30 @@ fn answer(req: &Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics(&status(ctx)),
         ),
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match readiness(ctx) {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
-            "ferry admin endpoint: GET /status or /metrics\n".into(),
+            "ferry admin endpoint: GET /status, /metrics, /healthz or /readyz\n".into(),
         ),
     }
+}
+
+/// Whether a load balancer should send requests here.
+fn readiness(ctx: &Ctx) -> Result<(), &'static str> {
+    if ctx.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err("stopping");
+    }
+    if ctx.pool.ready() == 0 {
+        return Err("no worker is ready");
+    }
+    Ok(())
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

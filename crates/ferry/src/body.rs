@@ -182,7 +182,7 @@ mod tests {
             max_in_flight: 4,
             initial_window: DEFAULT_INITIAL_WINDOW,
         };
-        let channel = Channel::new(0, 1, queue, &hello, &welcome);
+        let channel = Channel::new(0, 1, queue, &hello, &welcome, None);
         pool.add(channel.clone(), 4);
         let lease = pool.acquire_avoiding(None).await.unwrap();
         let x = channel

@@ -3,6 +3,7 @@
 //! immediate stop). It is built once by `master.rs` and handed down as an `Arc`.
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
@@ -23,6 +24,9 @@ pub struct Ctx {
     pids: Mutex<HashSet<u32>>,
     /// Counters and live workers, for the admin endpoint.
     pub stats: Stats,
+    /// Set when a graceful stop begins: `/readyz` turns 503 so load balancers stop
+    /// sending before the listener closes.
+    pub stopping: AtomicBool,
 }
 
 impl Ctx {
@@ -34,6 +38,7 @@ impl Ctx {
             recycle_lock: tokio::sync::Mutex::new(()),
             pids: Mutex::new(HashSet::new()),
             stats: Stats::default(),
+            stopping: AtomicBool::new(false),
             config,
         })
     }

@@ -130,6 +130,8 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
     tracing::info!(
         "stopping gracefully: accepting no new connections; in-flight requests have {limit:?}"
     );
+    ctx.stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     shutdown.cancel();
     let stop_everything = async {
         let _ = front.await;

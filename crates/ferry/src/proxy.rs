@@ -98,7 +98,10 @@ pub async fn handle(
         let exchange = match registered {
             Ok(x) => x,
             Err(Refused::Gone) => {
-                // The worker died or began draining after the lease: nothing was sent.
+                // The worker died, began draining or was given its last request after
+                // the lease: nothing was sent. It takes nothing more, so it leaves the
+                // pool now (its supervisor would, but on this thread only after us).
+                ctx.pool.remove(&channel);
                 avoid = Some(channel);
                 continue;
             }

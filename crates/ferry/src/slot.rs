@@ -11,9 +11,9 @@
 //! within that delay once starting works again (say, after a descriptor flood).
 //!
 //! Replacement (recycling, SIGHUP): the new worker is started and ready, and in the
-//! pool, before the old one is told to drain; the slot holds the master-wide
-//! recycle lock until the old one is gone, so at most one worker is ever being
-//! replaced and capacity never dips.
+//! pool, before the old one is told to drain, so capacity never dips. The
+//! master-wide recycle lock covers starting the replacement: one start at a time,
+//! pool-wide, while old workers drain side by side without it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +109,11 @@ pub async fn run_slot(
             // The worker's own request: only this instance's, so never a stale one.
             Some(RecycleMe { why }) = inst.recycle.recv() => {
                 replace(&ctx, index, &mut current, &format!("recycling worker: {why}")).await;
+                // A failed replacement kept this worker: forget the asks that queued up
+                // meanwhile, its supervisor asks again in a while.
+                if let Some(kept) = current.as_mut() {
+                    while kept.recycle.try_recv().is_ok() {}
+                }
             }
             Some(trigger) = triggers.recv() => match trigger {
                 Trigger::Reload(ack) => {
@@ -129,7 +134,7 @@ pub async fn run_slot(
 /// Starts a replacement, puts it in service, then drains the old worker and waits
 /// for it to go, all under the master-wide recycle lock.
 async fn replace(ctx: &Arc<Ctx>, index: usize, current: &mut Option<Instance>, why: &str) {
-    let _one_at_a_time = ctx.recycle_lock.lock().await;
+    let one_at_a_time = ctx.recycle_lock.lock().await;
     tracing::info!(
         worker = index,
         pid = current.as_ref().map(|i| i.pid),
@@ -147,8 +152,14 @@ async fn replace(ctx: &Arc<Ctx>, index: usize, current: &mut Option<Instance>, w
         }
     };
     let new_pid = new.pid;
-    if let Some(mut old) = current.replace(new) {
+    let old = current.replace(new);
+    if let Some(old) = &old {
         let _ = old.control.send(Control::Drain);
+    }
+    tracing::info!(worker = index, pid = new_pid, "replacement ready");
+    // The lock orders starts, which cost the machine; old workers drain side by side.
+    drop(one_at_a_time);
+    if let Some(mut old) = old {
         let _ = (&mut old.done).await;
         tracing::info!(
             worker = index,

@@ -147,7 +147,7 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
     }
     writer.set_backpressure_boundary(256 * 1024);
     let (queue, rx) = mpsc::unbounded_channel();
-    let channel = Channel::new(index, pid, queue, &hello, &welcome);
+    let channel = Channel::new(index, pid, queue, &hello, &welcome, ctx.request_limit());
     let writer = tokio::spawn(writer::write_loop(rx, writer));
     let limit = (cfg.concurrency.min(hello.max_in_flight).max(1)) as usize;
     tracing::info!(worker = index, pid, sdk = %format!("{} {}", hello.sdk_name, hello.sdk_version), "worker started");
@@ -252,8 +252,9 @@ enum End {
     DrainTimeout,
 }
 
-/// Resident memory is read this often when `--max-memory` is set.
-const MEMORY_CHECK: Duration = Duration::from_secs(3);
+/// Resident memory is read this often when `--max-memory` is set, and a worker still
+/// due for recycling after a failed replacement asks again this often.
+const RECHECK: Duration = Duration::from_secs(3);
 
 async fn supervise(
     ctx: &Ctx,
@@ -272,15 +273,14 @@ async fn supervise(
     } = live;
     let pid = channel.pid;
     let started = Instant::now();
-    let request_limit = ctx.request_limit();
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut expiry = tokio::time::interval(expiry_period(cfg.request_timeout));
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce = 0u64;
-    let mut asked_to_recycle = false;
+    let mut exhausted = false;
     let mut drain_deadline: Option<Instant> = None;
-    let mut next_memory_check = started + MEMORY_CHECK;
+    let mut next_check = started + RECHECK;
 
     let end = loop {
         tokio::select! {
@@ -309,6 +309,13 @@ async fn supervise(
                 drain_deadline = Some(Instant::now() + cfg.graceful_timeout);
                 tracing::info!(worker = index, pid, in_flight = channel.describe_in_flight().len(), "draining worker");
             }
+            // Given its last request (`--max-requests`): out of the pool at once, so it
+            // serves exactly its limit, and replaced.
+            () = channel.exhausted.notified(), if drain_deadline.is_none() => {
+                ctx.pool.remove(&channel);
+                exhausted = true;
+                let _ = recycle.send(RecycleMe { why: format!("it was given its {} requests", channel.dispatched()) });
+            }
             _ = expiry.tick() => channel.expire_heads(cfg.request_timeout),
             _ = tick.tick() => {
                 if drain_deadline.is_some_and(|d| Instant::now() >= d) {
@@ -327,22 +334,21 @@ async fn supervise(
                 if stalled > 0 {
                     tracing::warn!(worker = index, pid, "cancelled {stalled} streamed response(s) whose client took nothing for {:?} (--send-timeout)", cfg.send_timeout);
                 }
-                if asked_to_recycle || drain_deadline.is_some() {
+                if drain_deadline.is_some() || Instant::now() < next_check {
                     continue;
                 }
-                let why = if request_limit.is_some_and(|n| channel.served() >= n) {
-                    Some(format!("it served {} requests", channel.served()))
-                } else if cfg.max_memory.is_some() && Instant::now() >= next_memory_check {
-                    next_memory_check = Instant::now() + MEMORY_CHECK;
-                    match (rss_of(pid), cfg.max_memory) {
-                        (Some(rss), Some(max)) if rss > max => Some(format!("its RSS of {} MiB exceeds --max-memory", rss >> 20)),
+                // Checked again and again, not once: a replacement that failed to start
+                // left this worker in its slot, still due for recycling.
+                next_check = Instant::now() + RECHECK;
+                let why = if exhausted {
+                    Some(format!("it was given its {} requests (asking again)", channel.dispatched()))
+                } else {
+                    match (cfg.max_memory, cfg.max_memory.and_then(|_| rss_of(pid))) {
+                        (Some(max), Some(rss)) if rss > max => Some(format!("its RSS of {} MiB exceeds --max-memory", rss >> 20)),
                         _ => None,
                     }
-                } else {
-                    None
                 };
                 if let Some(why) = why {
-                    asked_to_recycle = true;
                     let _ = recycle.send(RecycleMe { why });
                 }
             }

@@ -104,7 +104,7 @@ fn master_hot_path_allocations_per_request() {
             max_in_flight: 64,
             initial_window: DEFAULT_INITIAL_WINDOW,
         };
-        let channel = Channel::new(0, 1, queue, &hello, &welcome);
+        let channel = Channel::new(0, 1, queue, &hello, &welcome, None);
         pool.add(channel.clone(), 64);
 
         // Everything a request brings with it is built before counting starts.

@@ -40,6 +40,8 @@ pub struct Channel {
     pub started: Instant,
     /// A [`State`], for the admin endpoint.
     state: AtomicU8,
+    /// Woken when the worker was given the last request of its `--max-requests`.
+    pub exhausted: tokio::sync::Notify,
 }
 
 /// Where a worker is in its life after the handshake, as the admin endpoint shows it.
@@ -71,6 +73,7 @@ impl Channel {
         queue: mpsc::UnboundedSender<Outgoing>,
         hello: &Hello,
         welcome: &Welcome,
+        budget: Option<u64>,
     ) -> Arc<Self> {
         let max_frame = welcome.max_frame_size as usize;
         let frame_room = max_frame.saturating_sub(BODY_CHUNK_OVERHEAD);
@@ -78,7 +81,7 @@ impl Channel {
             index,
             pid,
             queue,
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Table::with_budget(budget)),
             recv_window: welcome.initial_window,
             send_window: hello.initial_window.max(1),
             chunk_size: (64 * 1024)
@@ -89,6 +92,7 @@ impl Channel {
             last_pong: Mutex::new(Instant::now()),
             started: Instant::now(),
             state: AtomicU8::new(State::Ready as u8),
+            exhausted: tokio::sync::Notify::new(),
         })
     }
 
@@ -114,6 +118,11 @@ impl Channel {
         let window = streamed_body.then_some(self.send_window);
         let (exchange, frame) = t.register(lease, method, uri, window, encode)?;
         let _ = self.queue.send(Outgoing::Frame(frame));
+        if t.exhausted() {
+            // Its supervisor takes it out of the pool and has it replaced; until then
+            // further leases are refused here and go to another worker.
+            self.exhausted.notify_one();
+        }
         Ok(exchange)
     }
 
@@ -219,6 +228,11 @@ impl Channel {
         lock(&self.table).overdue_cancel(grace)
     }
 
+    /// Requests the worker was given so far.
+    pub fn dispatched(&self) -> u64 {
+        lock(&self.table).dispatched()
+    }
+
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
     }
@@ -281,7 +295,7 @@ mod tests {
             max_in_flight: 8,
             initial_window: DEFAULT_INITIAL_WINDOW,
         };
-        let channel = Channel::new(0, 1, queue, &hello, &welcome);
+        let channel = Channel::new(0, 1, queue, &hello, &welcome, None);
         pool.add(channel.clone(), 8);
         (pool, channel, rx)
     }

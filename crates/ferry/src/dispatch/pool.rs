@@ -104,6 +104,11 @@ impl<W> Pool<W> {
         st.waiters.iter().filter(|w| !w.is_closed()).count()
     }
 
+    /// Workers in the pool, taking requests.
+    pub fn ready(&self) -> usize {
+        lock(&self.state).ready.len()
+    }
+
     pub fn queue_size(&self) -> usize {
         self.queue_size
     }

@@ -154,6 +154,9 @@ pub struct Table<L> {
     /// Set when `Drain` is queued: nothing may be queued after it for the worker to
     /// miss, so no new requests are registered either.
     draining: bool,
+    /// Requests this worker may still be given (`--max-requests`): at 0 it takes no
+    /// more, so it serves exactly its limit however many leases were handed out.
+    budget: Option<u64>,
 }
 
 impl<L> Default for Table<L> {
@@ -163,11 +166,30 @@ impl<L> Default for Table<L> {
             entries: HashMap::new(),
             closed: false,
             draining: false,
+            budget: None,
         }
     }
 }
 
 impl<L> Table<L> {
+    /// A table for a worker that may be given at most `budget` requests.
+    pub fn with_budget(budget: Option<u64>) -> Self {
+        Table {
+            budget,
+            ..Table::default()
+        }
+    }
+
+    /// Requests registered so far.
+    pub fn dispatched(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Whether the worker was given every request its budget allows.
+    pub fn exhausted(&self) -> bool {
+        self.budget == Some(0)
+    }
+
     /// Puts a request in flight under the next id and returns its head frame, made by
     /// `encode(id)`, for the caller to queue before it lets go of the table.
     /// `send_window`: the request body will follow as chunks, under flow control
@@ -180,12 +202,15 @@ impl<L> Table<L> {
         send_window: Option<u32>,
         encode: impl FnOnce(u64) -> Result<Bytes, E>,
     ) -> Result<(Exchange, Bytes), Refused<E>> {
-        if self.closed || self.draining {
+        if self.closed || self.draining || self.exhausted() {
             return Err(Refused::Gone);
         }
         let id = self.next_id + 1;
         let frame = encode(id).map_err(Refused::Encode)?;
         self.next_id = id;
+        if let Some(left) = &mut self.budget {
+            *left -= 1;
+        }
         let (head_tx, head) = oneshot::channel();
         let send_window = send_window.map(|n| Arc::new(Semaphore::new(n as usize)));
         self.entries.insert(
