@@ -2,6 +2,10 @@
 //! do to the pool, and that it stays served. Each test fails on a master without the
 //! bound it checks.
 
+// `heavy()`'s guard is held across awaits on purpose: each test has a runtime (and
+// a thread) of its own, and the lock only orders whole tests.
+#![allow(clippy::await_holding_lock)]
+
 mod harness;
 
 use bytes::Bytes;
@@ -13,6 +17,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// Held by the tests that load the machine or time what they see (floods, storms):
+/// they run one at a time, so none of them slows another past its bound on a small
+/// CI machine. The light tests run beside them.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The first line of a raw HTTP/1.1 answer.
 fn status_line(answer: &str) -> &str {
@@ -97,6 +110,7 @@ fn a_paused_upload_gets_408_and_frees_its_slot() {
 
 #[tokio::test]
 async fn a_slow_honest_upload_is_not_a_request_timeout() {
+    let _one_at_a_time = heavy();
     let f = Ferry::testbed(&[
         "--workers",
         "1",
@@ -135,6 +149,7 @@ async fn a_slow_honest_upload_is_not_a_request_timeout() {
 /// longer than `--send-timeout`: afterwards the pool's only two slots serve again.
 #[test]
 fn clients_that_never_read_lose_their_slots_after_the_send_timeout() {
+    let _one_at_a_time = heavy();
     let f = Ferry::testbed(&[
         "--workers",
         "1",
@@ -174,7 +189,8 @@ fn clients_that_never_read_lose_their_slots_after_the_send_timeout() {
 /// served meanwhile.
 #[tokio::test]
 async fn one_h2_connection_with_a_closed_window_cannot_hold_the_pool() {
-    let f = Ferry::testbed(&["--workers", "2", "--send-timeout", "1s"]);
+    let _one_at_a_time = heavy();
+    let f = Ferry::testbed(&["--workers", "2", "--admin-listen", "127.0.0.1:0"]);
     let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
     let (client, conn) = h2::client::Builder::new()
         .initial_window_size(0)
@@ -196,6 +212,17 @@ async fn one_h2_connection_with_a_closed_window_cannot_hold_the_pool() {
     }
     // Let the streams reach the workers.
     let _ = tokio::time::timeout(Duration::from_millis(500), futures_ready(&mut streams)).await;
+    // They are real, and they hold their share of the slots: a quarter of 2 x 64.
+    let admin = admin_addr(&f);
+    let deadline = Instant::now() + WAIT;
+    let held = loop {
+        let held = in_flight(admin).await;
+        if held >= 32 || Instant::now() > deadline {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(held, 32, "slots held by the one connection");
     let mut ok = 0;
     for _ in 0..20 {
         let started = Instant::now();
@@ -207,6 +234,27 @@ async fn one_h2_connection_with_a_closed_window_cannot_hold_the_pool() {
     }
     assert!(ok >= 19, "{ok} of 20 probes served within 2 s");
     drop(client);
+}
+
+fn admin_addr(f: &Ferry) -> SocketAddr {
+    let line = f
+        .log
+        .wait_for("admin endpoint on http://", WAIT)
+        .expect("admin");
+    let rest = &line[line.find("http://").unwrap() + 7..];
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Requests in flight on all workers, from `/status`.
+async fn in_flight(admin: SocketAddr) -> u64 {
+    let r = get(admin, "/status").await;
+    let s: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["in_flight"].as_u64().unwrap())
+        .sum()
 }
 
 /// Waits until at least one of the spawned streams has its response head.
@@ -225,6 +273,7 @@ async fn futures_ready(
 /// never empty for long, and whole again soon after.
 #[tokio::test]
 async fn a_crash_storm_never_empties_the_pool_for_long() {
+    let _one_at_a_time = heavy();
     let f = Ferry::testbed(&["--workers", "2", "--queue-timeout", "3s"]);
     let storm_end = Instant::now() + Duration::from_secs(3);
     let addr = f.addr;
@@ -292,6 +341,7 @@ async fn try_get(addr: SocketAddr, path: &str) -> Option<StatusCode> {
 /// each waits on its socket, with no re-peeking loop.
 #[test]
 fn half_prefaces_do_not_pin_the_master() {
+    let _one_at_a_time = heavy();
     let f = Ferry::testbed(&["--workers", "1", "--header-read-timeout", "20s"]);
     let idle: Vec<TcpStream> = (0..400)
         .map(|_| {
@@ -377,6 +427,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// At `--max-connections` the master stops accepting until a connection closes.
 #[test]
 fn at_the_connection_cap_accepting_waits_for_a_close() {
+    let _one_at_a_time = heavy();
     let f = Ferry::testbed(&[
         "--workers",
         "1",
@@ -516,6 +567,7 @@ async fn a_broken_channel_fails_its_requests_at_once() {
 /// frame has grown it: a window of 100-byte chunks could pin over 100 MiB.)
 #[test]
 fn tiny_chunks_to_a_stalled_client_keep_the_master_small() {
+    let _one_at_a_time = heavy();
     let f = Ferry::testbed(&["--workers", "1"]);
     // A big response first, so the channel's read buffer has grown.
     let warm = raw(
@@ -546,6 +598,7 @@ fn tiny_chunks_to_a_stalled_client_keep_the_master_small() {
 /// closed as idle under it, and takes new streams.
 #[tokio::test]
 async fn an_h2_connection_streaming_a_long_response_is_not_idle() {
+    let _one_at_a_time = heavy();
     let f = Ferry::testbed(&["--workers", "1", "--header-read-timeout", "500ms"]);
     let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
@@ -586,6 +639,7 @@ async fn an_h2_connection_streaming_a_long_response_is_not_idle() {
 /// once the flood is gone new clients are served at once.
 #[tokio::test]
 async fn a_descriptor_flood_neither_stops_restarts_nor_outlasts_itself() {
+    let _one_at_a_time = heavy();
     // A hard limit of 256 descriptors, less what the workers need, for connections.
     let f = Ferry::builder(&["--workers", "1"], &[&testbed()])
         .limit_fds(256)

@@ -150,7 +150,7 @@ mod tests {
     use crate::config::Balance;
     use crate::dispatch::pool::Pool;
     use crate::dispatch::writer::Outgoing;
-    use ferry_protocol::*;
+    use ferry_protocol::MasterMsg;
     use http_body::Body as _;
     use http_body_util::BodyExt;
     use std::time::Duration;
@@ -166,23 +166,7 @@ mod tests {
         Arc<Pool<Channel>>,
     ) {
         let pool = Pool::new(Balance::LeastOutstanding, 4, Duration::from_secs(1));
-        let (queue, mut out) = mpsc::unbounded_channel();
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            pid: 1,
-            max_in_flight: 4,
-            initial_window: DEFAULT_INITIAL_WINDOW,
-            sdk_name: "test".into(),
-            sdk_version: "0".into(),
-        };
-        let welcome = Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            worker_index: 0,
-            max_frame_size: DEFAULT_MAX_FRAME_SIZE as u32,
-            max_in_flight: 4,
-            initial_window: DEFAULT_INITIAL_WINDOW,
-        };
-        let channel = Channel::new(0, 1, queue, &hello, &welcome, None);
+        let (channel, mut out) = Channel::detached(4);
         pool.add(channel.clone(), 4);
         let lease = pool.acquire_avoiding(None).await.unwrap();
         let x = channel

@@ -88,23 +88,7 @@ fn master_hot_path_allocations_per_request() {
         .unwrap();
     let phases = rt.block_on(async {
         let pool = Pool::new(Balance::LeastOutstanding, 16, Duration::from_secs(5));
-        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            pid: 1,
-            max_in_flight: 64,
-            initial_window: DEFAULT_INITIAL_WINDOW,
-            sdk_name: "test".into(),
-            sdk_version: "0".into(),
-        };
-        let welcome = Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            worker_index: 0,
-            max_frame_size: MAX as u32,
-            max_in_flight: 64,
-            initial_window: DEFAULT_INITIAL_WINDOW,
-        };
-        let channel = Channel::new(0, 1, queue, &hello, &welcome, None);
+        let (channel, mut rx) = Channel::detached(64);
         pool.add(channel.clone(), 64);
 
         // Everything a request brings with it is built before counting starts.

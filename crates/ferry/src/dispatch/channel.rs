@@ -96,6 +96,30 @@ impl Channel {
         })
     }
 
+    /// A channel with no process behind it (pid 1, slot 0), as a worker that took the
+    /// protocol's defaults and `max_in_flight` would have it, and the queue its writer
+    /// would read: for tests and benchmarks that drive the dispatch code directly.
+    #[doc(hidden)]
+    pub fn detached(max_in_flight: u32) -> (Arc<Self>, mpsc::UnboundedReceiver<Outgoing>) {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            pid: 1,
+            max_in_flight,
+            initial_window: DEFAULT_INITIAL_WINDOW,
+            sdk_name: "test".into(),
+            sdk_version: "0".into(),
+        };
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            worker_index: 0,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE as u32,
+            max_in_flight,
+            initial_window: DEFAULT_INITIAL_WINDOW,
+        };
+        (Channel::new(0, 1, queue, &hello, &welcome, None), rx)
+    }
+
     /// Queues a message for the writer.
     pub fn send(&self, msg: MasterMsg) {
         let _ = self.queue.send(Outgoing::Msg(msg));
@@ -279,23 +303,7 @@ mod tests {
 
     fn channel_in_a_pool() -> (Pools, Arc<Channel>, mpsc::UnboundedReceiver<Outgoing>) {
         let pool = Pool::new(Balance::LeastOutstanding, 16, Duration::from_secs(5));
-        let (queue, rx) = mpsc::unbounded_channel();
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            pid: 1,
-            max_in_flight: 8,
-            initial_window: DEFAULT_INITIAL_WINDOW,
-            sdk_name: "test".into(),
-            sdk_version: "0".into(),
-        };
-        let welcome = Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            worker_index: 0,
-            max_frame_size: DEFAULT_MAX_FRAME_SIZE as u32,
-            max_in_flight: 8,
-            initial_window: DEFAULT_INITIAL_WINDOW,
-        };
-        let channel = Channel::new(0, 1, queue, &hello, &welcome, None);
+        let (channel, rx) = Channel::detached(8);
         pool.add(channel.clone(), 8);
         (pool, channel, rx)
     }
