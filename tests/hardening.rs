@@ -669,3 +669,65 @@ async fn a_descriptor_flood_neither_stops_restarts_nor_outlasts_itself() {
         started.elapsed()
     );
 }
+
+/// HTTP/2 streams whose client never opens its window are cancelled after
+/// `--send-timeout` (their slots come back), and a connection left with nothing but
+/// stalled streams is closed.
+#[tokio::test]
+async fn stalled_h2_streams_lose_their_slots_and_then_their_connection() {
+    let _one_at_a_time = heavy();
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--concurrency",
+        "8",
+        "--max-streams-per-connection",
+        "4",
+        "--send-timeout",
+        "1s",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let admin = admin_addr(&f);
+    let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let req = Request::get(format!("http://{}/stream?bytes=1048576", f.addr))
+            .body(())
+            .unwrap();
+        let c = client.clone();
+        streams.push(tokio::spawn(async move {
+            let mut c = c.ready().await.ok()?;
+            let (resp, _) = c.send_request(req, true).ok()?;
+            resp.await.ok()
+        }));
+    }
+    let deadline = Instant::now() + WAIT;
+    while in_flight(admin).await < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the streams never reached the worker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Cancelled after the send timeout (checked on the heartbeat tick), confirmed
+    // by the worker: the slots are free again.
+    while in_flight(admin).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "stalled streams still hold their slots"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(f.log.wait_for("--send-timeout", WAIT).is_some());
+    // And the connection, with only stalled streams, is closed by the master.
+    let closed = tokio::time::timeout(WAIT, connection).await;
+    assert!(closed.is_ok(), "the connection is still open");
+    drop((client, streams));
+}
