@@ -139,6 +139,8 @@ pub struct LogStatus {
     pub lines_dropped: u64,
     /// Lines of worker output split because they were longer than 16 KiB.
     pub lines_split: u64,
+    /// Access log lines dropped because the disk did not keep up.
+    pub access_lines_dropped: u64,
 }
 
 #[derive(Serialize)]
@@ -198,6 +200,7 @@ pub fn status(ctx: &Ctx) -> Status {
             LogStatus {
                 lines_dropped,
                 lines_split,
+                access_lines_dropped: ctx.access_log.as_ref().map_or(0, |l| l.dropped()),
             }
         },
     }
@@ -350,6 +353,7 @@ mod tests {
             log: LogStatus {
                 lines_dropped: 7,
                 lines_split: 0,
+                access_lines_dropped: 0,
             },
         }
     }

@@ -90,6 +90,23 @@ pub struct Config {
     #[arg(long, env = "FERRY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 
+    /// Where to write the access log, one line per response: a file path (appended
+    /// to; reopened on SIGUSR1, for logrotate), `-` for stdout, or `off`.
+    #[arg(long, env = "FERRY_ACCESS_LOG", default_value = "off")]
+    pub access_log: String,
+
+    /// The access log's format: combined (Apache/nginx combined, then the request
+    /// time in seconds) or json (method, target, status, bytes, duration, time
+    /// waiting for a worker, worker pid and slot, request id, peer, protocol).
+    #[arg(long, env = "FERRY_ACCESS_LOG_FORMAT", value_enum, default_value_t = crate::access_log::Format::Combined)]
+    pub access_log_format: crate::access_log::Format,
+
+    /// Log (as a warning, target `ferry::slow`) each request still without a response
+    /// head this long after it reached its worker, once, with the worker's pid and its
+    /// other requests in flight: PHP-FPM's request_slowlog_timeout. Off unless set.
+    #[arg(long, env = "FERRY_SLOW_REQUEST_THRESHOLD", value_parser = duration)]
+    pub slow_request_threshold: Option<Duration>,
+
     /// After a request times out or its client leaves, how long the worker has to
     /// confirm the cancellation before it is treated as stuck and killed.
     #[arg(long, env = "FERRY_CANCEL_GRACE", default_value = "5s", value_parser = duration)]

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::dispatch::channel::Channel;
 use crate::dispatch::pool::Pool;
@@ -24,14 +25,17 @@ pub struct Ctx {
     pids: Mutex<HashSet<u32>>,
     /// Counters and live workers, for the admin endpoint.
     pub stats: Stats,
+    /// The access log, when `--access-log` is on.
+    pub access_log: Option<AccessLog>,
     /// Set when a graceful stop begins: `/readyz` turns 503 so load balancers stop
     /// sending before the listener closes.
     pub stopping: AtomicBool,
 }
 
 impl Ctx {
-    pub fn new(config: Config, spawner: Spawner) -> Arc<Self> {
+    pub fn new(config: Config, spawner: Spawner, access_log: Option<AccessLog>) -> Arc<Self> {
         Arc::new(Ctx {
+            access_log,
             command: Arc::new(config.command.clone()),
             pool: Pool::new(config.balance, config.queue_size, config.queue_timeout),
             spawner,

@@ -35,7 +35,9 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::{Dispatched, Record};
 use crate::activity::{Activity, Busy};
+use crate::body::ResponseBody;
 use crate::ctx::Ctx;
 
 /// hyper refuses read buffers under 8 KiB.
@@ -375,22 +377,93 @@ fn service(
     activity: Option<Arc<Activity>>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
-    Response = http::Response<crate::body::ResponseBody>,
+    Response = http::Response<Logged>,
     Error = Infallible,
-    Future = impl std::future::Future<
-        Output = Result<http::Response<crate::body::ResponseBody>, Infallible>,
-    > + Send,
+    Future = impl std::future::Future<Output = Result<http::Response<Logged>, Infallible>> + Send,
 > + Clone {
     // Formatted once per connection, not once per request.
     let peer: Arc<str> = peer.to_string().into();
-    service_fn(move |req| {
+    service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
         let peer = peer.clone();
         let busy = activity.clone().map(Busy::new);
         async move {
-            let resp = crate::proxy::handle(req, &peer, &ctx, busy).await;
+            let record = ctx.access_log.as_ref().map(|_| begin(&req, &peer));
+            let mut resp = crate::proxy::handle(req, &peer, &ctx, busy).await;
             ctx.stats.count_response(resp.status());
-            Ok::<_, Infallible>(resp)
+            let log = record.map(|mut record| {
+                record.status = resp.status().as_u16();
+                record.dispatched = resp.extensions_mut().remove::<Dispatched>();
+                (record, ctx.clone())
+            });
+            Ok::<_, Infallible>(resp.map(|body| Logged { body, log }))
         }
     })
+}
+
+/// The access log's record of a request as it arrives.
+fn begin(req: &http::Request<hyper::body::Incoming>, peer: &Arc<str>) -> Box<Record> {
+    let uri = req.uri();
+    // HTTP/2 requests carry an absolute URI; the log shows the origin form.
+    let target = uri
+        .path_and_query()
+        .map_or_else(|| uri.to_string(), |pq| pq.as_str().to_owned());
+    Box::new(Record {
+        started: Instant::now(),
+        at: std::time::SystemTime::now(),
+        method: req.method().clone(),
+        target,
+        version: req.version(),
+        peer: peer.clone(),
+        referer: req.headers().get(http::header::REFERER).cloned(),
+        user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+        status: 0,
+        dispatched: None,
+        bytes: 0,
+    })
+}
+
+/// A response body on its way to the client, counted for the access log; its line
+/// is written when hyper is done with it (sent, or the client went away). With the
+/// log off it only passes the body through.
+pub struct Logged {
+    body: ResponseBody,
+    log: Option<(Box<Record>, Arc<Ctx>)>,
+}
+
+impl http_body::Body for Logged {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let me = &mut *self;
+        let polled = Pin::new(&mut me.body).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some((record, _))) = (&polled, &mut me.log) {
+            if let Some(data) = frame.data_ref() {
+                record.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some((record, ctx)) = self.log.take() {
+            if let Some(log) = &ctx.access_log {
+                log.write(&record);
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! Modules, in the order a request meets them: [`front`] (HTTP connections),
 //! [`proxy`] (one request's exchange), [`dispatch`] (the pool, the table of requests
 //! in flight on each worker, its channel and writer), [`body`] (the response body
-//! back to the client), [`activity`] (whether the client keeps up). The workers behind it: [`worker`] (one process's handshake
+//! back to the client), [`activity`] (whether the client keeps up), [`access_log`] (a line per response). The workers behind it: [`worker`] (one process's handshake
 //! and supervision), [`spawn`] (forking a process), [`process`] (signals, memory,
 //! exit statuses), [`slot`] (restarts and replacement), [`slots`] (the set of slots:
 //! pool size, reload, stop). Holding it together: [`master`] (the top: binds,
@@ -28,6 +28,8 @@ pub mod dispatch;
 pub mod body;
 
 pub mod activity;
+
+pub mod access_log;
 
 // The workers behind it.
 pub mod worker;

@@ -5,7 +5,8 @@
 //! requests finish, drain the workers, exit 0; all within `--graceful-timeout`).
 //! A second one, or SIGQUIT, stops at once (workers killed, exit 1). SIGHUP replaces
 //! every worker, one at a time, each replacement ready before its predecessor drains.
-//! SIGTTIN adds a worker, SIGTTOU drains one away (`slots.rs`).
+//! SIGTTIN adds a worker, SIGTTOU drains one away (`slots.rs`). SIGUSR1 reopens the
+//! access log (after logrotate moved it).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing_appender::non_blocking::ErrorCounter;
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::ctx::Ctx;
 use crate::slot::Trigger;
@@ -45,22 +47,37 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
             }
         },
     };
-    let (mut term, mut int, mut quit, mut hup, mut ttin, mut ttou) = match (
+    let (mut term, mut int, mut quit, mut hup, mut ttin, mut ttou, mut usr1) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::quit()),
         signal(SignalKind::hangup()),
         signal(SignalKind::from_raw(libc::SIGTTIN)),
         signal(SignalKind::from_raw(libc::SIGTTOU)),
+        signal(SignalKind::user_defined1()),
     ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
+        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f), Ok(g)) => (a, b, c, d, e, f, g),
         _ => {
             eprintln!("ferry: cannot install signal handlers");
             return ExitCode::FAILURE;
         }
     };
     let workers = config.workers();
-    let ctx = Ctx::new(config, Spawner::start(tokio::runtime::Handle::current()));
+    let access_log = match config.access_log.as_str() {
+        "off" => None,
+        target => match AccessLog::open(target, config.access_log_format) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                eprintln!("ferry: cannot open the access log {target}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let ctx = Ctx::new(
+        config,
+        Spawner::start(tokio::runtime::Handle::current()),
+        access_log,
+    );
     if let Some(counter) = log_dropped {
         let _ = ctx.stats.log_dropped.set(counter);
     }
@@ -114,6 +131,12 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
                 reload.notify_one();
             }
             _ = ttin.recv() => slots.grow(),
+            _ = usr1.recv() => {
+                if let Some(log) = &ctx.access_log {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    log.reopen();
+                }
+            }
             _ = ttou.recv() => slots.shrink(),
             _ = term.recv() => break true,
             _ = int.recv() => break true,

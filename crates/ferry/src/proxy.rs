@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::access_log::Dispatched;
 use crate::activity::Busy;
 use crate::body::{CancelGuard, ResponseBody, Stream};
 use crate::ctx::Ctx;
@@ -25,14 +26,36 @@ use crate::dispatch::table::{Lost, Refused, Start, StartBody};
 use crate::config::INLINE_BODY_MAX as INLINE_MAX;
 
 /// Answers one request. `busy`, for HTTP/2, counts it in progress on its connection
-/// until its response body is done.
+/// until its response body is done. With the access log on, the response carries
+/// where the request went ([`Dispatched`], an extension).
 pub async fn handle(
     req: Request<Incoming>,
     peer: &str,
     ctx: &Ctx,
     busy: Option<Busy>,
 ) -> Response<ResponseBody> {
+    if ctx.access_log.is_none() {
+        return answer(req, peer, ctx, busy, None).await;
+    }
+    let mut dispatched = None;
+    let mut resp = answer(req, peer, ctx, busy, Some(&mut dispatched)).await;
+    if let Some(d) = dispatched {
+        resp.extensions_mut().insert(d);
+    }
+    resp
+}
+
+/// The request's whole exchange; `dispatched`, when asked for, learns which worker
+/// took it and how long it waited for one.
+async fn answer(
+    req: Request<Incoming>,
+    peer: &str,
+    ctx: &Ctx,
+    busy: Option<Busy>,
+    mut dispatched: Option<&mut Option<Dispatched>>,
+) -> Response<ResponseBody> {
     let cfg = &ctx.config;
+    let asked = dispatched.as_ref().map(|_| std::time::Instant::now());
     // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request (HTTP/2 has :authority).
     if req.version() == http::Version::HTTP_11
         && req.headers().get_all(header::HOST).iter().count() != 1
@@ -92,6 +115,7 @@ pub async fn handle(
             Err(NoSlot::TimedOut) => return unavailable("no worker became free in time\n"),
         };
         let channel = lease.channel().clone();
+        let waited = asked.map(|t| t.elapsed());
         let registered = channel.register(lease, &parts.method, &parts.uri, head.streamed, |id| {
             head.encode(id, channel.max_frame)
         });
@@ -118,6 +142,14 @@ pub async fn handle(
             }
         };
         let id = exchange.id;
+        if let (Some(d), Some(waited)) = (dispatched.as_deref_mut(), waited) {
+            *d = Some(Dispatched {
+                slot: channel.index,
+                pid: channel.pid,
+                id,
+                waited,
+            });
+        }
         let mut guard = CancelGuard {
             channel: channel.clone(),
             id,

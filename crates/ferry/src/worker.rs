@@ -316,7 +316,12 @@ async fn supervise(
                 exhausted = true;
                 let _ = recycle.send(RecycleMe { why: format!("it was given its {} requests", channel.dispatched()) });
             }
-            _ = expiry.tick() => channel.expire_heads(cfg.request_timeout),
+            _ = expiry.tick() => {
+                channel.expire_heads(cfg.request_timeout);
+                if let Some(threshold) = cfg.slow_request_threshold {
+                    channel.log_slow(threshold);
+                }
+            }
             _ = tick.tick() => {
                 if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                     break End::DrainTimeout;

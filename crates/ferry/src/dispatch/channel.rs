@@ -247,6 +247,29 @@ impl Channel {
         lock(&self.table).expire_heads(timeout);
     }
 
+    /// The slow log (`--slow-request-threshold`): one line for each request that has
+    /// waited `threshold` for its response head, naming the worker and everything
+    /// else it has in flight.
+    pub fn log_slow(&self, threshold: Duration) {
+        let (slow, all) = {
+            let mut t = lock(&self.table);
+            let slow = t.newly_slow(threshold);
+            if slow.is_empty() {
+                return;
+            }
+            (slow, t.describe_in_flight())
+        };
+        for request in slow {
+            tracing::warn!(
+                target: "ferry::slow",
+                worker = self.index,
+                pid = self.pid,
+                "slow request: {request} has no response head yet; the worker has {} in flight: {all:?}",
+                all.len()
+            );
+        }
+    }
+
     /// A request whose cancellation the worker has not confirmed within `grace`.
     pub fn overdue_cancel(&self, grace: Duration) -> Option<String> {
         lock(&self.table).overdue_cancel(grace)

@@ -95,6 +95,8 @@ pub struct Entry<L> {
     /// The head sender went with `Lost::TimedOut`: a head arriving now is late, not a
     /// second one.
     timed_out: bool,
+    /// Reported in the slow log already (once per request).
+    reported_slow: bool,
     /// Where a streamed response body goes, once its head has arrived.
     body: Option<mpsc::UnboundedSender<Piece>>,
     /// With `body`: what the client took of it, against the bytes routed to it.
@@ -228,6 +230,7 @@ impl<L> Table<L> {
                 body_credited: 0,
                 cancelled: None,
                 timed_out: false,
+                reported_slow: false,
                 method: method.clone(),
                 uri: uri.clone(),
                 started: Instant::now(),
@@ -347,6 +350,20 @@ impl<L> Table<L> {
                 }
             }
         }
+    }
+
+    /// Requests still without a response head `threshold` after they were sent (or
+    /// their upload ended), each reported once: `GET /path (2.1s)`.
+    pub fn newly_slow(&mut self, threshold: Duration) -> Vec<String> {
+        let mut slow = Vec::new();
+        for e in self.entries.values_mut() {
+            let age = e.started.elapsed();
+            if e.head.is_some() && !e.uploading && !e.reported_slow && age >= threshold {
+                e.reported_slow = true;
+                slow.push(format!("{} ({age:.1?})", e.describe()));
+            }
+        }
+        slow
     }
 
     /// A request whose cancellation the worker has not confirmed within `grace`.
