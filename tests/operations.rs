@@ -123,3 +123,169 @@ async fn the_slow_log_names_the_worker_once_per_request() {
     assert!(f.log.text().contains("has 2 in flight"), "{}", f.log.text());
     assert_eq!(f.log.count("slow request:"), 2, "once per request");
 }
+
+/// `ferry ctl ARGS` against the socket at `socket`: (exit code, stdout, stderr).
+fn ctl(socket: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin("ferry"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run ferry ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn socket_path(name: &str) -> std::path::PathBuf {
+    log_path(name).with_file_name("control.sock")
+}
+
+#[test]
+fn ctl_reports_workers_scales_and_stops() {
+    use std::os::unix::fs::PermissionsExt;
+    let sock = socket_path("ctl");
+    let mut f = Ferry::testbed(&["--workers", "1", "--control-socket", sock.to_str().unwrap()]);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "only the owner may connect");
+    let pid = f.worker_pids()[0];
+    let (code, out, _) = ctl(&sock, &["workers"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&pid.to_string()) && out.contains("ready"),
+        "{out}"
+    );
+    let (code, out, _) = ctl(&sock, &["--json", "status"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"]["workers"][0]["pid"], pid);
+    // Scale within the bounds, and refused outside them.
+    let (code, out, _) = ctl(&sock, &["scale", "+1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(f.log.wait_for_nth("worker started", 2, WAIT).is_some());
+    assert_eq!(f.worker_pids().len(), 2);
+    let (code, _, err) = ctl(&sock, &["scale", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("between 1 and 1024"), "{err}");
+    let (code, _, _) = ctl(&sock, &["scale", "-1"]);
+    assert_eq!(code, 0);
+    assert!(f.log.wait_for("worker removed", WAIT).is_some());
+    // Stop: gracefully, exit 0, and the socket file goes with the master.
+    let (code, out, _) = ctl(&sock, &["stop"]);
+    assert_eq!(code, 0, "{out}");
+    let status = f.wait_exit(WAIT).expect("ferry stopped");
+    assert!(status.success(), "{status:?}");
+    assert!(!sock.exists(), "the socket file is removed");
+    let (code, _, err) = ctl(&sock, &["status"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(sock.to_str().unwrap()),
+        "names the path it tried: {err}"
+    );
+}
+
+#[test]
+fn ctl_reload_reports_each_slot_and_fails_when_a_replacement_does() {
+    let sock = socket_path("reload");
+    let marker = sock.with_file_name("fail");
+    let f = Ferry::builder(
+        &["--workers", "2", "--control-socket", sock.to_str().unwrap()],
+        &[&testbed()],
+    )
+    .env("FERRY_TESTBED_FAIL_IF_EXISTS", marker.to_str().unwrap())
+    .start();
+    let before = f.worker_pids();
+    let (code, out, _) = ctl(&sock, &["reload"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches(": replaced ").count(), 2, "{out}");
+    let after = f.worker_pids();
+    assert!(
+        before.iter().all(|p| !after.contains(p)),
+        "every worker is new"
+    );
+    // A broken deploy: the replacements fail, the old workers keep serving, exit 1.
+    std::fs::write(&marker, b"").unwrap();
+    let (code, out, _) = ctl(&sock, &["reload"]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.matches("KEPT").count(), 2, "{out}");
+    assert_eq!(f.worker_pids(), after);
+    assert!(f.log.text().contains("reload failed"));
+}
+
+#[test]
+fn a_stale_control_socket_is_replaced_and_a_live_one_refused() {
+    let sock = socket_path("stale");
+    // A socket file nobody listens on, as a killed master leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let _f = Ferry::testbed(&["--workers", "1", "--control-socket", sock.to_str().unwrap()]);
+    assert_eq!(ctl(&sock, &["workers"]).0, 0);
+    // A second master on the same socket: refused, and the first keeps it.
+    let (status, log) = Ferry::builder(
+        &["--workers", "1", "--control-socket", sock.to_str().unwrap()],
+        &[&testbed()],
+    )
+    .run_to_exit(WAIT);
+    assert!(!status.success());
+    assert!(log.contains("another ferry is answering"), "{log}");
+    assert_eq!(
+        ctl(&sock, &["workers"]).0,
+        0,
+        "the first master still answers"
+    );
+}
+
+#[test]
+fn a_malformed_control_request_gets_an_error_and_the_connection_stays_usable() {
+    use std::io::{BufRead, BufReader, Write};
+    let sock = socket_path("malformed");
+    let _f = Ferry::testbed(&["--workers", "1", "--control-socket", sock.to_str().unwrap()]);
+    let conn = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut ask = |line: &str| {
+        (&conn).write_all(line.as_bytes()).unwrap();
+        let mut answer = String::new();
+        reader.read_line(&mut answer).unwrap();
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()
+    };
+    let bad = ask("this is not json\n");
+    assert_eq!(bad["ok"], false);
+    assert!(bad["error"]
+        .as_str()
+        .unwrap()
+        .contains("one JSON object per line"));
+    let unknown = ask("{\"cmd\":\"dance\"}\n");
+    assert!(unknown["error"]
+        .as_str()
+        .unwrap()
+        .contains("status, workers, reload, scale, stop"));
+    let fine = ask("{\"cmd\":\"workers\"}\n");
+    assert_eq!(fine["ok"], true);
+}
+
+#[test]
+fn ctl_finds_the_default_socket_by_port() {
+    let runtime = log_path("default").with_file_name("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let f = Ferry::builder(&["--workers", "1"], &[&testbed()])
+        .env("XDG_RUNTIME_DIR", runtime.to_str().unwrap())
+        .start();
+    let expected = runtime
+        .join("ferry")
+        .join(format!("{}.sock", f.addr.port()));
+    assert!(expected.exists(), "{}", f.log.text());
+    let out = std::process::Command::new(bin("ferry"))
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .args(["ctl", "--port", &f.addr.port().to_string(), "workers"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&f.worker_pids()[0].to_string()));
+}

@@ -163,10 +163,15 @@ impl Builder {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(bin("ferry"));
-        cmd.args(["--listen", "127.0.0.1:0"])
-            .args(&self.args)
-            .arg("--")
-            .args(&self.worker);
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        // Tests kill ferry with SIGKILL: no default control socket files left behind
+        // (the tests of the control socket name one of their own).
+        let own_socket = self.args.iter().any(|a| a == "--control-socket")
+            || self.env.iter().any(|(k, _)| k == "XDG_RUNTIME_DIR");
+        if !own_socket {
+            cmd.args(["--control-socket", "off"]);
+        }
+        cmd.args(&self.args).arg("--").args(&self.worker);
         cmd.env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
         for (k, v) in &self.env {
             cmd.env(k, v);

@@ -90,6 +90,12 @@ pub struct Config {
     #[arg(long, env = "FERRY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 
+    /// The control socket for `ferry ctl`: a path, or `off` [default:
+    /// $XDG_RUNTIME_DIR/ferry/<port>.sock, or /run/ferry/<port>.sock for root]. Mode
+    /// 0600: only this user (and root) may connect.
+    #[arg(long, env = "FERRY_CONTROL_SOCKET")]
+    pub control_socket: Option<String>,
+
     /// Where to write the access log, one line per response: a file path (appended
     /// to; reopened on SIGUSR1, for logrotate), `-` for stdout, or `off`.
     #[arg(long, env = "FERRY_ACCESS_LOG", default_value = "off")]

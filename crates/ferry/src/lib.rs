@@ -9,7 +9,7 @@
 //! and supervision), [`spawn`] (forking a process), [`process`] (signals, memory,
 //! exit statuses), [`slot`] (restarts and replacement), [`slots`] (the set of slots:
 //! pool size, reload, stop). Holding it together: [`master`] (the top: binds,
-//! signals), [`ctx`] (what every part shares), [`config`] (options), [`sync`]
+//! signals), [`control`] (the control socket), [`ctl`] (`ferry ctl`, its client), [`ctx`] (what every part shares), [`config`] (options), [`sync`]
 //! (locks that survive a panic). Observing it:
 //! [`stats`] (counters, live workers), [`admin`] (`/status`, `/metrics`).
 //!
@@ -44,6 +44,10 @@ pub mod slots;
 
 // Holding it together.
 pub mod master;
+
+pub mod control;
+
+pub mod ctl;
 
 pub mod ctx;
 

@@ -11,6 +11,11 @@ use std::process::ExitCode;
 const LOG_QUEUE_LINES: usize = 16 * 1024;
 
 fn main() -> ExitCode {
+    // `ferry ctl ...` talks to a running master; it starts nothing.
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("ctl") {
+        return ferry::ctl::main(args);
+    }
     let config = ferry::config::Config::parse();
     // The log goes through a bounded queue to a thread of its own: when stderr is slow
     // (a full pipe, a stuck terminal) lines are dropped and counted (`/status`), and

@@ -18,10 +18,11 @@ use tracing_appender::non_blocking::ErrorCounter;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
+use crate::control::Stop;
 use crate::ctx::Ctx;
-use crate::slot::Trigger;
 use crate::slots::Slots;
 use crate::spawn::Spawner;
+use std::path::PathBuf;
 
 /// Runs the master until it stops. `log_dropped` counts log lines lost to a slow
 /// stderr, for `/status`.
@@ -73,6 +74,33 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
             }
         },
     };
+    let port = listener
+        .local_addr()
+        .map_or(config.listen.port(), |a| a.port());
+    let control = match config.control_socket.as_deref() {
+        Some("off") => None,
+        chosen => {
+            let path = chosen.map_or_else(|| crate::control::default_path(port), PathBuf::from);
+            match crate::control::bind(&path) {
+                Ok(l) => Some((l, path)),
+                // A socket asked for by name must work; the default is a convenience.
+                Err(e) if chosen.is_some() => {
+                    eprintln!(
+                        "ferry: cannot create the control socket {}: {e}",
+                        path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "no control socket ({}: {e}); `ferry ctl` will not reach this master",
+                        path.display()
+                    );
+                    None
+                }
+            }
+        }
+    };
     let ctx = Ctx::new(
         config,
         Spawner::start(tokio::runtime::Handle::current()),
@@ -120,6 +148,20 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         ctx.command.join(" ")
     );
 
+    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
+    if let Some((listener, path)) = control {
+        tracing::info!(
+            "control socket at {} (ferry ctl --socket {})",
+            path.display(),
+            path.display()
+        );
+        tokio::spawn(crate::control::serve(
+            listener,
+            ctx.clone(),
+            slots.clone(),
+            stop_tx,
+        ));
+    }
     let reload = Arc::new(Notify::new());
     tokio::spawn(reload_loop(reload.clone(), slots.clone()));
 
@@ -141,6 +183,10 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
             _ = term.recv() => break true,
             _ = int.recv() => break true,
             _ = quit.recv() => break false,
+            Some(how) = stop_rx.recv() => {
+                tracing::info!("control socket: stop ({how:?})");
+                break how == Stop::Graceful;
+            }
         }
     };
     if !graceful {
@@ -216,7 +262,6 @@ fn connection_cap(config: &Config, workers: usize) -> usize {
 async fn reload_loop(reload: Arc<Notify>, slots: Slots) {
     loop {
         reload.notified().await;
-        slots.one_by_one(Trigger::Reload).await;
-        tracing::info!("reload complete");
+        slots.reload_all().await;
     }
 }

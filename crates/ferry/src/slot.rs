@@ -28,10 +28,23 @@ pub const MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// What a slot can be asked to do.
 pub enum Trigger {
-    /// Replace the worker with a fresh one (SIGHUP); acknowledged when the old one is gone.
-    Reload(oneshot::Sender<()>),
+    /// Replace the worker with a fresh one (SIGHUP, `ferry ctl reload`); answered
+    /// when the old one is gone, or the replacement failed.
+    Reload(oneshot::Sender<Reloaded>),
     /// Drain the worker and stop for good (shutdown); acknowledged when it is gone.
     Stop(oneshot::Sender<()>),
+}
+
+/// How one slot's reload went.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Reloaded {
+    /// A fresh worker serves; the old one drained.
+    Replaced { old: u32, new: u32 },
+    /// The replacement failed to start: the old worker keeps serving.
+    Kept { pid: u32, error: String },
+    /// No worker was running (the slot is waiting to restart one, which will be new).
+    Restarting,
 }
 
 /// The next restart delay.
@@ -108,7 +121,7 @@ pub async fn run_slot(
             }
             // The worker's own request: only this instance's, so never a stale one.
             Some(RecycleMe { why }) = inst.recycle.recv() => {
-                replace(&ctx, index, &mut current, &format!("recycling worker: {why}")).await;
+                let _ = replace(&ctx, index, &mut current, &format!("recycling worker: {why}")).await;
                 // A failed replacement kept this worker: forget the asks that queued up
                 // meanwhile, its supervisor asks again in a while.
                 if let Some(kept) = current.as_mut() {
@@ -117,8 +130,7 @@ pub async fn run_slot(
             }
             Some(trigger) = triggers.recv() => match trigger {
                 Trigger::Reload(ack) => {
-                    replace(&ctx, index, &mut current, "reloading worker").await;
-                    let _ = ack.send(());
+                    let _ = ack.send(replace(&ctx, index, &mut current, "reloading worker").await);
                 }
                 Trigger::Stop(ack) => {
                     let _ = inst.control.send(Control::Drain);
@@ -133,7 +145,13 @@ pub async fn run_slot(
 
 /// Starts a replacement, puts it in service, then drains the old worker and waits
 /// for it to go, all under the master-wide recycle lock.
-async fn replace(ctx: &Arc<Ctx>, index: usize, current: &mut Option<Instance>, why: &str) {
+async fn replace(
+    ctx: &Arc<Ctx>,
+    index: usize,
+    current: &mut Option<Instance>,
+    why: &str,
+) -> Reloaded {
+    let old_pid = current.as_ref().map_or(0, |i| i.pid);
     let one_at_a_time = ctx.recycle_lock.lock().await;
     tracing::info!(
         worker = index,
@@ -148,7 +166,10 @@ async fn replace(ctx: &Arc<Ctx>, index: usize, current: &mut Option<Instance>, w
                 worker = index,
                 "replacement worker failed to start: {e}; keeping the current one"
             );
-            return;
+            return Reloaded::Kept {
+                pid: old_pid,
+                error: e.to_string(),
+            };
         }
     };
     let new_pid = new.pid;
@@ -168,6 +189,10 @@ async fn replace(ctx: &Arc<Ctx>, index: usize, current: &mut Option<Instance>, w
             "worker replaced"
         );
     }
+    Reloaded::Replaced {
+        old: old_pid,
+        new: new_pid,
+    }
 }
 
 /// Sleeps `delay`, answering triggers meanwhile; true if told to stop.
@@ -184,7 +209,7 @@ async fn wait_or_stop(delay: Duration, triggers: &mut mpsc::UnboundedReceiver<Tr
                 }
                 // Nothing is running to reload; the restart that follows is one.
                 Some(Trigger::Reload(ack)) => {
-                    let _ = ack.send(());
+                    let _ = ack.send(Reloaded::Restarting);
                 }
                 None => return true,
             },

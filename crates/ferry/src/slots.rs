@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::ctx::Ctx;
-use crate::slot::Trigger;
+use crate::slot::{Reloaded, Trigger};
 use crate::sync::lock;
 use crate::worker::StartError;
 
@@ -135,14 +135,32 @@ impl Slots {
 
     /// Sends a trigger made by `make` to every slot in turn, each time waiting for
     /// its acknowledgement before going on to the next.
-    pub async fn one_by_one(&self, make: impl Fn(oneshot::Sender<()>) -> Trigger) {
+    /// Reloads every slot in turn, each replacement ready before the next begins;
+    /// how each went, by slot index.
+    pub async fn reload_all(&self) -> Vec<(usize, Reloaded)> {
         let list = lock(&self.list).clone();
-        for slot in list {
+        let mut outcomes = Vec::with_capacity(list.len());
+        for (index, slot) in list.into_iter().enumerate() {
             let (ack, acked) = oneshot::channel();
-            if slot.send(make(ack)).is_ok() {
-                let _ = acked.await;
+            if slot.send(Trigger::Reload(ack)).is_ok() {
+                if let Ok(outcome) = acked.await {
+                    outcomes.push((index, outcome));
+                }
             }
         }
+        let kept = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Reloaded::Kept { .. }))
+            .count();
+        if kept == 0 {
+            tracing::info!("reload complete: {} worker(s) replaced", outcomes.len());
+        } else {
+            tracing::error!(
+                "reload failed for {kept} of {} worker(s): their replacements did not start, the old ones keep serving",
+                outcomes.len()
+            );
+        }
+        outcomes
     }
 
     /// Stops every slot at once (each drains its worker); resolves when all have,
