@@ -289,3 +289,63 @@ fn ctl_finds_the_default_socket_by_port() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&f.worker_pids()[0].to_string()));
 }
+
+/// `{"cmd":"events"}` streams lifecycle events: a killed worker's exit, with why,
+/// and its replacement's start.
+#[test]
+fn events_stream_worker_exits_and_starts() {
+    use std::io::{BufRead, BufReader, Write};
+    let sock = socket_path("events");
+    let f = Ferry::testbed(&["--workers", "1", "--control-socket", sock.to_str().unwrap()]);
+    let victim = f.worker_pids()[0];
+    let mut conn = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    conn.write_all(b"{\"cmd\":\"events\"}\n").unwrap();
+    let mut lines = BufReader::new(conn).lines();
+    let ack: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(ack["ok"], true, "subscribed before anything happens");
+    unsafe {
+        libc::kill(victim as i32, libc::SIGKILL);
+    }
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let done = v["event"] == "worker_started";
+        seen.push(v);
+        if done {
+            break;
+        }
+    }
+    let exited = seen
+        .iter()
+        .find(|v| v["event"] == "worker_exited")
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    assert_eq!(exited["pid"], victim);
+    assert_eq!(exited["reason"], "exited");
+    assert!(
+        exited["status"].as_str().unwrap().contains("signal 9"),
+        "{exited}"
+    );
+    let started = seen.last().unwrap();
+    assert_ne!(started["pid"], victim);
+}
+
+#[test]
+fn ctl_retire_replaces_one_worker_by_pid() {
+    let sock = socket_path("retire");
+    let f = Ferry::testbed(&["--workers", "2", "--control-socket", sock.to_str().unwrap()]);
+    let before = f.worker_pids();
+    let victim = before[0].to_string();
+    let (code, out, _) = ctl(&sock, &["retire", &victim]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("replaced {victim} with")), "{out}");
+    let after = f.worker_pids();
+    assert_eq!(after.len(), 2);
+    assert!(
+        !after.contains(&before[0]) && after.contains(&before[1]),
+        "{before:?} -> {after:?}"
+    );
+    let (code, _, err) = ctl(&sock, &["retire", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no worker has pid 1"), "{err}");
+}

@@ -6,7 +6,10 @@
 //! Requests: `{"cmd":"status"}` (the `/status` document), `{"cmd":"workers"}`,
 //! `{"cmd":"reload"}` (answers once every slot is done, with each slot's outcome;
 //! `ok` is false if any replacement failed to start), `{"cmd":"scale","to":N}` or
-//! `{"cmd":"scale","by":1}` / `-1`, `{"cmd":"stop"}` or `{"cmd":"stop","now":true}`.
+//! `{"cmd":"scale","by":1}` / `-1`, `{"cmd":"retire","pid":P}` (replace that worker,
+//! its replacement ready first), `{"cmd":"stop"}` or `{"cmd":"stop","now":true}`, and
+//! `{"cmd":"events"}`, after whose answer the connection carries every lifecycle event
+//! (`events.rs`) as a line, until the client closes it.
 //! Every answer has `ok`; a failed one has `error`, naming what was wrong (an unknown
 //! command lists the known ones), and the connection stays usable.
 //!
@@ -137,6 +140,8 @@ pub async fn serve(
 struct Request {
     cmd: String,
     #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default)]
     to: Option<usize>,
     #[serde(default)]
     by: Option<i64>,
@@ -167,6 +172,11 @@ async fn converse(
             json!({"ok": false, "error": format!("a request is one line of at most {MAX_REQUEST} bytes")})
         } else {
             match serde_json::from_str::<Request>(line.trim()) {
+                Ok(req) if req.cmd == "events" => {
+                    send.write_all(b"{\"ok\":true,\"streaming\":\"events\"}\n")
+                        .await?;
+                    return stream_events(&mut lines, send, ctx).await;
+                }
                 Ok(req) => answer(req, ctx, slots, stop).await,
                 Err(e) => {
                     json!({"ok": false, "error": format!("not a control request ({e}): send one JSON object per line, such as {{\"cmd\":\"status\"}}")})
@@ -182,7 +192,34 @@ async fn converse(
     }
 }
 
-const COMMANDS: &str = "status, workers, reload, scale, stop";
+const COMMANDS: &str = "status, workers, reload, retire, scale, stop, events";
+
+/// Writes every lifecycle event as a line until the client goes away.
+async fn stream_events(
+    from_client: &mut BufReader<&Stream>,
+    mut to_client: &Stream,
+    ctx: &Ctx,
+) -> io::Result<()> {
+    let mut events = ctx.events.subscribe();
+    let mut ignored = [0u8; 256];
+    loop {
+        let line = tokio::select! {
+            // Anything the client sends now is ignored; its EOF ends the stream.
+            n = from_client.read(&mut ignored) => match n {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            },
+            e = events.recv() => match e {
+                Ok(event) => serde_json::to_string(&*event).unwrap_or_default(),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    json!({"event": "lagged", "missed": n}).to_string()
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+        };
+        to_client.write_all((line + "\n").as_bytes()).await?;
+    }
+}
 
 async fn answer(
     req: Request,
@@ -192,6 +229,20 @@ async fn answer(
 ) -> Value {
     match req.cmd.as_str() {
         "status" => json!({"ok": true, "status": crate::admin::status(ctx)}),
+        "retire" => {
+            let Some(pid) = req.pid else {
+                return json!({"ok": false, "error": "retire takes \"pid\": the worker to replace"});
+            };
+            match slots.retire(pid).await {
+                Some((slot, outcome)) => {
+                    let ok = !matches!(outcome, crate::slot::Reloaded::Kept { .. });
+                    let mut v = serde_json::to_value(outcome).unwrap_or(Value::Null);
+                    v["slot"] = json!(slot);
+                    json!({"ok": ok, "slots": [v]})
+                }
+                None => json!({"ok": false, "error": format!("no worker has pid {pid}")}),
+            }
+        }
         "workers" => json!({"ok": true, "workers": crate::admin::status(ctx).workers}),
         "reload" => {
             tracing::info!("control socket: reloading every worker, one at a time");

@@ -38,6 +38,12 @@ enum Command {
     /// Replace every worker, one at a time; reports each slot, exit 1 if any
     /// replacement failed to start (the old worker then keeps serving).
     Reload,
+    /// Replace one worker (its replacement ready first), by pid.
+    Retire { pid: u32 },
+    /// Print every lifecycle event as a JSON line, as it happens, until interrupted:
+    /// workers started and exited (with why and what they held), recycling, failed
+    /// starts, timeouts, a full queue.
+    Events,
     /// Set the pool's size: N, +N or -N.
     Scale {
         #[arg(allow_hyphen_values = true)]
@@ -71,6 +77,8 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         Command::Status => json!({"cmd": "status"}),
         Command::Workers => json!({"cmd": "workers"}),
         Command::Reload => json!({"cmd": "reload"}),
+        Command::Retire { pid } => json!({"cmd": "retire", "pid": pid}),
+        Command::Events => return follow(&path),
         Command::Scale { workers } => {
             let parsed = if workers.starts_with('+') || workers.starts_with('-') {
                 workers
@@ -116,6 +124,36 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     }
 }
 
+/// `ferry ctl events`: prints the event lines as they come, until the master goes.
+fn follow(path: &PathBuf) -> ExitCode {
+    let stream = UnixStream::connect(path).and_then(|mut conn| {
+        conn.write_all(b"{\"cmd\":\"events\"}\n")?;
+        Ok(conn)
+    });
+    let conn = match stream {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "ferry ctl: cannot reach the control socket at {}: {e}",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut lines = BufReader::new(conn).lines();
+    // The first line acknowledges the request; every later one is an event.
+    let _ack = lines.next();
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let Ok(line) = line else { break };
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            // The reader of our output went away (`| head`).
+            return ExitCode::SUCCESS;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 /// Sends one request line and reads one answer line.
 fn ask(path: &PathBuf, request: &Value) -> std::io::Result<Value> {
     let mut conn = UnixStream::connect(path)?;
@@ -157,7 +195,7 @@ fn show(command: &Command, answer: &Value) -> String {
             }
             out
         }
-        Command::Reload => {
+        Command::Reload | Command::Retire { .. } => {
             let mut out = String::new();
             for s in answer["slots"].as_array().into_iter().flatten() {
                 out += &match s["outcome"].as_str() {
@@ -179,6 +217,7 @@ fn show(command: &Command, answer: &Value) -> String {
             }
             out
         }
+        Command::Events => String::new(),
         Command::Scale { .. } => {
             format!("{} worker(s), was {}\n", answer["workers"], answer["was"])
         }

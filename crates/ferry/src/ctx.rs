@@ -10,6 +10,7 @@ use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::dispatch::channel::Channel;
 use crate::dispatch::pool::Pool;
+use crate::events::Events;
 use crate::spawn::Spawner;
 use crate::stats::Stats;
 use crate::sync::lock;
@@ -25,6 +26,8 @@ pub struct Ctx {
     pids: Mutex<HashSet<u32>>,
     /// Counters and live workers, for the admin endpoint.
     pub stats: Stats,
+    /// Lifecycle events, for `ferry ctl events`.
+    pub events: Events,
     /// The access log, when `--access-log` is on.
     pub access_log: Option<AccessLog>,
     /// Set when a graceful stop begins: `/readyz` turns 503 so load balancers stop
@@ -36,6 +39,7 @@ impl Ctx {
     pub fn new(config: Config, spawner: Spawner, access_log: Option<AccessLog>) -> Arc<Self> {
         Arc::new(Ctx {
             access_log,
+            events: Events::default(),
             command: Arc::new(config.command.clone()),
             pool: Pool::new(config.balance, config.queue_size, config.queue_timeout),
             spawner,

@@ -11,7 +11,7 @@
 //! pool size, reload, stop). Holding it together: [`master`] (the top: binds,
 //! signals), [`control`] (the control socket), [`ctl`] (`ferry ctl`, its client), [`ctx`] (what every part shares), [`config`] (options), [`sync`]
 //! (locks that survive a panic). Observing it:
-//! [`stats`] (counters, live workers), [`admin`] (`/status`, `/metrics`).
+//! [`stats`] (counters, live workers), [`events`] (lifecycle events), [`admin`] (`/status`, `/metrics`).
 //!
 //! The arrows between modules run one way (`tests/layout.rs` fails on a cycle):
 //! `master` uses everything; `front` → `proxy` → `body` → `dispatch`; `slots` →
@@ -57,5 +57,7 @@ pub mod sync;
 
 // Observing it.
 pub mod stats;
+
+pub mod events;
 
 pub mod admin;

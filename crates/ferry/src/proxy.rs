@@ -22,6 +22,7 @@ use crate::ctx::Ctx;
 use crate::dispatch::channel::Channel;
 use crate::dispatch::pool::NoSlot;
 use crate::dispatch::table::{Lost, Refused, Start, StartBody};
+use crate::events::Event;
 
 use crate::config::INLINE_BODY_MAX as INLINE_MAX;
 
@@ -110,7 +111,10 @@ async fn answer(
         let lease = match ctx.pool.acquire_avoiding(avoid.as_ref()).await {
             Ok(l) => l,
             Err(NoSlot::QueueFull) => {
-                return unavailable("all workers are busy and the queue is full\n")
+                ctx.events.emit(|| Event::QueueFull {
+                    waiting: ctx.pool.waiting(),
+                });
+                return unavailable("all workers are busy and the queue is full\n");
             }
             Err(NoSlot::TimedOut) => return unavailable("no worker became free in time\n"),
         };
@@ -199,6 +203,11 @@ async fn answer(
                     parts.method,
                     cfg.request_timeout
                 );
+                ctx.events.emit(|| Event::RequestTimedOut {
+                    slot: channel.index,
+                    pid: channel.pid,
+                    request: format!("{} {path}", parts.method),
+                });
                 return error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the worker did not answer in time\n",

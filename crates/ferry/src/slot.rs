@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ctx::Ctx;
+use crate::events::Event;
 use crate::worker::{self, Control, Ended, Instance, RecycleMe, StartError};
 
 const FIRST_DELAY: Duration = Duration::from_millis(100);
@@ -31,6 +32,12 @@ pub enum Trigger {
     /// Replace the worker with a fresh one (SIGHUP, `ferry ctl reload`); answered
     /// when the old one is gone, or the replacement failed.
     Reload(oneshot::Sender<Reloaded>),
+    /// Replace the worker if its pid is `pid` (`ferry ctl retire`); answered with
+    /// the outcome, or `None` if this slot's worker is another.
+    Retire {
+        pid: u32,
+        ack: oneshot::Sender<Option<Reloaded>>,
+    },
     /// Drain the worker and stop for good (shutdown); acknowledged when it is gone.
     Stop(oneshot::Sender<()>),
 }
@@ -98,6 +105,10 @@ pub async fn run_slot(
                         worker = index,
                         "worker failed to start (next attempt in {delay:?}): {e}"
                     );
+                    ctx.events.emit(|| Event::StartFailed {
+                        slot: index,
+                        error: e.to_string(),
+                    });
                     if wait_or_stop(delay, &mut triggers).await {
                         return;
                     }
@@ -132,6 +143,13 @@ pub async fn run_slot(
                 Trigger::Reload(ack) => {
                     let _ = ack.send(replace(&ctx, index, &mut current, "reloading worker").await);
                 }
+                Trigger::Retire { pid, ack } if pid == inst.pid => {
+                    let why = "retiring worker (ferry ctl retire)";
+                    let _ = ack.send(Some(replace(&ctx, index, &mut current, why).await));
+                }
+                Trigger::Retire { ack, .. } => {
+                    let _ = ack.send(None);
+                }
                 Trigger::Stop(ack) => {
                     let _ = inst.control.send(Control::Drain);
                     let _ = (&mut inst.done).await;
@@ -158,6 +176,11 @@ async fn replace(
         pid = current.as_ref().map(|i| i.pid),
         "{why}"
     );
+    ctx.events.emit(|| Event::Recycling {
+        slot: index,
+        pid: old_pid,
+        why: why.to_string(),
+    });
     let new = match worker::start(ctx, index).await {
         Ok(live) => worker::launch(ctx.clone(), index, live),
         Err(e) => {
@@ -166,6 +189,11 @@ async fn replace(
                 worker = index,
                 "replacement worker failed to start: {e}; keeping the current one"
             );
+            ctx.events.emit(|| Event::ReplacementFailed {
+                slot: index,
+                kept: old_pid,
+                error: e.to_string(),
+            });
             return Reloaded::Kept {
                 pid: old_pid,
                 error: e.to_string(),
@@ -189,6 +217,11 @@ async fn replace(
             "worker replaced"
         );
     }
+    ctx.events.emit(|| Event::Replaced {
+        slot: index,
+        old: old_pid,
+        new: new_pid,
+    });
     Reloaded::Replaced {
         old: old_pid,
         new: new_pid,
@@ -210,6 +243,9 @@ async fn wait_or_stop(delay: Duration, triggers: &mut mpsc::UnboundedReceiver<Tr
                 // Nothing is running to reload; the restart that follows is one.
                 Some(Trigger::Reload(ack)) => {
                     let _ = ack.send(Reloaded::Restarting);
+                }
+                Some(Trigger::Retire { ack, .. }) => {
+                    let _ = ack.send(None);
                 }
                 None => return true,
             },

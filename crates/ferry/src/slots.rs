@@ -135,6 +135,21 @@ impl Slots {
 
     /// Sends a trigger made by `make` to every slot in turn, each time waiting for
     /// its acknowledgement before going on to the next.
+    /// Replaces the worker whose pid is `pid` (its replacement ready first); `None`
+    /// if no slot runs that worker.
+    pub async fn retire(&self, pid: u32) -> Option<(usize, Reloaded)> {
+        let list = lock(&self.list).clone();
+        for (index, slot) in list.into_iter().enumerate() {
+            let (ack, acked) = oneshot::channel();
+            if slot.send(Trigger::Retire { pid, ack }).is_ok() {
+                if let Ok(Some(outcome)) = acked.await {
+                    return Some((index, outcome));
+                }
+            }
+        }
+        None
+    }
+
     /// Reloads every slot in turn, each replacement ready before the next begins;
     /// how each went, by slot index.
     pub async fn reload_all(&self) -> Vec<(usize, Reloaded)> {

@@ -25,6 +25,7 @@ use crate::ctx::Ctx;
 use crate::dispatch::channel::{self, Channel};
 use crate::dispatch::table::Violation;
 use crate::dispatch::writer::{self, Outgoing, OutgoingCodec};
+use crate::events::Event;
 use crate::process::{kill_group, rss_of, ExitDescription, GroupLeader};
 use crate::spawn::Spawned;
 use crate::sync::lock;
@@ -151,6 +152,8 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
     let writer = tokio::spawn(writer::write_loop(rx, writer));
     let limit = (cfg.concurrency.min(hello.max_in_flight).max(1)) as usize;
     tracing::info!(worker = index, pid, sdk = %format!("{} {}", hello.sdk_name, hello.sdk_version), "worker started");
+    ctx.events
+        .emit(|| Event::WorkerStarted { slot: index, pid });
     Ok(Live {
         channel,
         process,
@@ -403,6 +406,23 @@ async fn supervise(
     let uptime = started.elapsed();
     let served = channel.served();
     ctx.stats.worker_gone(&channel);
+    let reason = match &end {
+        End::Violation(_) => "violation",
+        End::WriterFailed => "channel_broken",
+        End::DrainTimeout => "drain_timeout",
+        End::Stuck(_) => "stuck",
+        _ if drain_deadline.is_some() => "drained",
+        _ => "exited",
+    };
+    ctx.events.emit(|| Event::WorkerExited {
+        slot: index,
+        pid,
+        reason,
+        status: status.clone(),
+        uptime_seconds: uptime.as_secs_f64(),
+        served,
+        held: held.clone(),
+    });
     match end {
         End::Violation(v) => tracing::error!(
             worker = index,
