@@ -731,3 +731,80 @@ async fn stalled_h2_streams_lose_their_slots_and_then_their_connection() {
     assert!(closed.is_ok(), "the connection is still open");
     drop((client, streams));
 }
+
+/// Small answers too: an HTTP/2 client that never opens its window for them keeps
+/// its connection no longer than the idle timeout plus `--send-timeout` (the answers
+/// wait in h2's send buffer for a window that never opens, holding no slot, so only
+/// the connection can notice).
+#[tokio::test]
+async fn an_h2_client_that_never_takes_small_answers_loses_its_connection() {
+    let _one_at_a_time = heavy();
+    let f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--send-timeout",
+        "1s",
+        "--header-read-timeout",
+        "500ms",
+    ]);
+    let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(conn);
+    let mut heads = Vec::new();
+    for _ in 0..4 {
+        let req = Request::get(format!("http://{}/", f.addr))
+            .body(())
+            .unwrap();
+        let mut c = client.clone().ready().await.unwrap();
+        let (resp, _) = c.send_request(req, true).unwrap();
+        heads.push(resp);
+    }
+    for head in heads {
+        let resp = head.await.unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "the heads arrive; the bodies cannot"
+        );
+    }
+    let started = Instant::now();
+    let closed = tokio::time::timeout(WAIT, connection).await;
+    assert!(
+        closed.is_ok(),
+        "the connection is still open after {WAIT:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "not before the timeout"
+    );
+    drop(client);
+}
+
+/// A worker that never reads a streamed request body (its handler is stuck) leaves
+/// the upload waiting for credit: after `--request-timeout` the client gets 504 and
+/// the request is cancelled, as when it sends no head.
+#[tokio::test]
+async fn an_upload_the_worker_never_reads_times_out() {
+    let f = Ferry::testbed(&["--workers", "1", "--request-timeout", "1s"]);
+    let body = Bytes::from(vec![b'u'; 1 << 20]);
+    let started = Instant::now();
+    let r = Conn::open(f.addr)
+        .await
+        .try_send(
+            Request::post("/sleep?ms=60000")
+                .body(Full::new(body))
+                .unwrap(),
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -201,6 +201,8 @@ fn ctl_reload_reports_each_slot_and_fails_when_a_replacement_does() {
     let (code, out, _) = ctl(&sock, &["reload"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.matches(": replaced ").count(), 2, "{out}");
+    // The old workers drain on their own once their replacements serve.
+    assert!(f.log.wait_for_nth("worker replaced", 2, WAIT).is_some());
     let after = f.worker_pids();
     assert!(
         before.iter().all(|p| !after.contains(p)),
@@ -339,6 +341,7 @@ fn ctl_retire_replaces_one_worker_by_pid() {
     let (code, out, _) = ctl(&sock, &["retire", &victim]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("replaced {victim} with")), "{out}");
+    assert!(f.log.wait_for("worker replaced", WAIT).is_some());
     let after = f.worker_pids();
     assert_eq!(after.len(), 2);
     assert!(

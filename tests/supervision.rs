@@ -783,6 +783,22 @@ async fn twenty_sighup_reloads_under_load_fail_nothing() {
         total += ok;
     }
     assert!(total > 100, "the load really ran ({total} requests)");
+    // Old workers drain on their own after their replacements took over.
+    assert!(
+        f.log
+            .wait_for_nth("worker replaced", 40, Duration::from_secs(30))
+            .is_some(),
+        "{}",
+        f.log.text()
+    );
+    assert!(f
+        .log
+        .wait_for_nth(
+            "worker drained: exited with status 0",
+            40,
+            Duration::from_secs(30)
+        )
+        .is_some());
     let now = f.worker_pids();
     assert_eq!(now.len(), 2);
     assert!(

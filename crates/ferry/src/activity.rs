@@ -23,6 +23,11 @@ use crate::sync::lock;
 pub struct Activity {
     in_flight: AtomicUsize,
     stalled: AtomicUsize,
+    /// Response bodies with data that hyper has not come back for: it waits for the
+    /// client's flow-control window. (One waiting for its worker is not counted.)
+    blocked: AtomicUsize,
+    /// When hyper last asked any body of this connection for data.
+    last_poll: Mutex<Instant>,
     /// When a request last began or ended, or was found stalled.
     last_change: Mutex<Instant>,
 }
@@ -32,6 +37,8 @@ impl Default for Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
             stalled: AtomicUsize::new(0),
+            blocked: AtomicUsize::new(0),
+            last_poll: Mutex::new(Instant::now()),
             last_change: Mutex::new(Instant::now()),
         }
     }
@@ -52,13 +59,34 @@ impl Activity {
         stalled > 0 && self.in_flight.load(Ordering::Relaxed) <= stalled
     }
 
+    /// How long bodies have waited on the client with no body of this connection
+    /// asked for data meanwhile; `None` while none waits.
+    pub fn blocked_for(&self) -> Option<Duration> {
+        (self.blocked.load(Ordering::Relaxed) > 0).then(|| lock(&self.last_poll).elapsed())
+    }
+
+    /// A body starts (or stops) waiting for hyper to ask for its data.
+    pub fn set_blocked(&self, blocked: bool) {
+        if blocked {
+            self.blocked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.blocked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// hyper asked a body of this connection for data.
+    pub fn polled(&self) {
+        *lock(&self.last_poll) = Instant::now();
+    }
+
     fn touch(&self) {
         *lock(&self.last_change) = Instant::now();
     }
 }
 
 /// Counts one request in progress on its connection while it lives: it moves from
-/// the request into its streamed response body, so a long response is activity.
+/// the request into its response body (`front::Logged`), so a long response is
+/// activity.
 pub struct Busy(Arc<Activity>);
 
 impl Busy {
@@ -120,6 +148,12 @@ impl Progress {
     pub fn idle_for(&self) -> Duration {
         let at = Duration::from_millis(self.taken_at.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(at)
+    }
+
+    /// Whether the body goes out over HTTP/2 (over HTTP/1.1 the socket's own write
+    /// timeout, `front::ClientIo`, measures the client).
+    pub fn is_h2(&self) -> bool {
+        self.activity.get().is_some()
     }
 
     /// The HTTP/2 connection this body goes out on.

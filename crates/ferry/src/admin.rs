@@ -7,8 +7,9 @@
 //! - `GET /metrics`: the same numbers in the OpenMetrics text format, for Prometheus.
 //! - `GET /healthz`: 200 while the master runs (a liveness probe).
 //! - `GET /readyz`: 200 while at least one worker takes requests and the master is
-//!   not stopping; 503 otherwise, from the first moment of a graceful stop, so a
-//!   load balancer stops sending while in-flight requests finish (a readiness probe).
+//!   not stopping; 503 otherwise, from the first moment of a graceful stop, while
+//!   in-flight requests finish (a readiness probe). The listener closes at the same
+//!   moment: there is no delay for a load balancer to notice first.
 //!
 //! It is read-only and has no authentication: bind it to loopback or a private
 //! network. It runs on the master's runtime, apart from the public listener, so it

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
-use crate::activity::{Busy, Progress};
+use crate::activity::Progress;
 use crate::dispatch::channel::Channel;
 use crate::dispatch::table::Piece;
 
@@ -29,8 +29,6 @@ pub struct Stream {
     /// Of a declared length, the bytes not yet handed to hyper.
     pub remaining: Option<u64>,
     pub progress: Arc<Progress>,
-    /// Keeps its HTTP/2 connection counted busy until the body is done.
-    pub busy: Option<Busy>,
     /// Bytes handed to hyper but not yet credited back to the worker.
     pub uncredited: u32,
     pub credit_every: u32,
@@ -190,7 +188,6 @@ mod tests {
             length,
             remaining: length,
             progress: Arc::new(Progress::default()),
-            busy: None,
             uncredited: 0,
             credit_every: 1 << 20,
         });

@@ -26,12 +26,15 @@ pub struct Ctx {
     pids: Mutex<HashSet<u32>>,
     /// Counters and live workers, for the admin endpoint.
     pub stats: Stats,
+    /// Old workers draining after their replacement took over: a graceful stop waits
+    /// for them too.
+    pub drains: tokio_util::task::TaskTracker,
     /// Lifecycle events, for `ferry ctl events`.
     pub events: Events,
     /// The access log, when `--access-log` is on.
     pub access_log: Option<AccessLog>,
-    /// Set when a graceful stop begins: `/readyz` turns 503 so load balancers stop
-    /// sending before the listener closes.
+    /// Set when a graceful stop begins: `/readyz` turns 503 (the listener closes at
+    /// the same moment; a load balancer's health check sees why connections fail).
     pub stopping: AtomicBool,
 }
 
@@ -40,6 +43,7 @@ impl Ctx {
         Arc::new(Ctx {
             access_log,
             events: Events::default(),
+            drains: tokio_util::task::TaskTracker::new(),
             command: Arc::new(config.command.clone()),
             pool: Pool::new(config.balance, config.queue_size, config.queue_timeout),
             spawner,

@@ -136,7 +136,7 @@ pub async fn serve(
                 let activity = Arc::new(Activity::default());
                 let conn =
                     h2.serve_connection(io, service(ctx.clone(), peer, Some(activity.clone())));
-                serve_h2(conn, activity, timeout, shutdown).await
+                serve_h2(conn, activity, timeout, send_timeout, shutdown).await
             } else {
                 watcher
                     .watch(h1.serve_connection(io, service(ctx.clone(), peer, None)))
@@ -335,6 +335,7 @@ async fn serve_h2<I, S, E, B>(
     conn: http2::Connection<I, S, E>,
     activity: Arc<Activity>,
     idle: Duration,
+    send_timeout: Duration,
     shutdown: CancellationToken,
 ) -> hyper::Result<()>
 where
@@ -349,6 +350,7 @@ where
     let mut check = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
+    let mut idle_closed = None;
     loop {
         tokio::select! {
             ended = conn.as_mut() => return ended,
@@ -357,12 +359,24 @@ where
                 closing = true;
             }
             _ = check.tick() => {
-                if activity.all_stalled() {
+                // Streams that would never finish: every one stalled, or bodies waiting
+                // on a window the client has not opened for the send timeout (hyper
+                // then asks no body for data, so nothing else would notice).
+                if activity.all_stalled()
+                    || activity.blocked_for().is_some_and(|d| d >= send_timeout)
+                {
+                    return Ok(());
+                }
+                // Closed as idle, yet streams remain: their responses are all with h2,
+                // waiting for a window the client does not open. They get the send
+                // timeout, not forever. (A graceful stop is bounded by its own timeout.)
+                if idle_closed.is_some_and(|at: Instant| at.elapsed() >= send_timeout) {
                     return Ok(());
                 }
                 if !closing && activity.idle_for().is_some_and(|d| d >= idle) {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                    idle_closed = Some(Instant::now());
                 }
             }
         }
@@ -386,17 +400,27 @@ fn service(
     service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
         let peer = peer.clone();
+        let activity = activity.clone();
         let busy = activity.clone().map(Busy::new);
         async move {
             let record = ctx.access_log.as_ref().map(|_| begin(&req, &peer));
-            let mut resp = crate::proxy::handle(req, &peer, &ctx, busy).await;
+            let mut resp = crate::proxy::handle(req, &peer, &ctx, activity.as_ref()).await;
             ctx.stats.count_response(resp.status());
             let log = record.map(|mut record| {
                 record.status = resp.status().as_u16();
                 record.dispatched = resp.extensions_mut().remove::<Dispatched>();
                 (record, ctx.clone())
             });
-            Ok::<_, Infallible>(resp.map(|body| Logged { body, log }))
+            if let Some(b) = &busy {
+                // Its data waits for hyper from the start.
+                b.activity().set_blocked(true);
+            }
+            Ok::<_, Infallible>(resp.map(|body| Logged {
+                body,
+                log,
+                blocked: busy.is_some(),
+                busy,
+            }))
         }
     })
 }
@@ -423,12 +447,16 @@ fn begin(req: &http::Request<hyper::body::Incoming>, peer: &Arc<str>) -> Box<Rec
     })
 }
 
-/// A response body on its way to the client, counted for the access log; its line
-/// is written when hyper is done with it (sent, or the client went away). With the
-/// log off it only passes the body through.
+/// A response body on its way to the client: counted for the access log (its line
+/// is written when hyper is done with it: sent, or the client went away), and, over
+/// HTTP/2, keeping its connection busy and telling it whether hyper has come back
+/// for its data (`Activity::blocked_for`). Otherwise it only passes the body through.
 pub struct Logged {
     body: ResponseBody,
     log: Option<(Box<Record>, Arc<Ctx>)>,
+    busy: Option<Busy>,
+    /// Counted in the connection's blocked bodies: data waits for hyper.
+    blocked: bool,
 }
 
 impl http_body::Body for Logged {
@@ -440,7 +468,21 @@ impl http_body::Body for Logged {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         let me = &mut *self;
+        if let Some(b) = &me.busy {
+            b.activity().polled();
+            if me.blocked {
+                b.activity().set_blocked(false);
+                me.blocked = false;
+            }
+        }
         let polled = Pin::new(&mut me.body).poll_frame(cx);
+        // Data handed over and more to come: the next piece waits for hyper again.
+        if let (Some(b), Poll::Ready(Some(Ok(_)))) = (&me.busy, &polled) {
+            if !me.body.is_end_stream() {
+                b.activity().set_blocked(true);
+                me.blocked = true;
+            }
+        }
         if let (Poll::Ready(Some(Ok(frame))), Some((record, _))) = (&polled, &mut me.log) {
             if let Some(data) = frame.data_ref() {
                 record.bytes += data.len() as u64;
@@ -460,6 +502,9 @@ impl http_body::Body for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
+        if let (Some(b), true) = (&self.busy, self.blocked) {
+            b.activity().set_blocked(false);
+        }
         if let Some((record, ctx)) = self.log.take() {
             if let Some(log) = &ctx.access_log {
                 log.write(&record);

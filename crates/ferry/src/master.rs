@@ -110,6 +110,8 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         let _ = ctx.stats.log_dropped.set(counter);
     }
 
+    // Raised before any worker starts, so that all of them start alike.
+    let max_connections = connection_cap(&ctx.config, workers);
     let slots = Slots::new(ctx.clone());
     let boots: Vec<_> = (0..workers).map(|_| slots.add().1).collect();
     for booted in boots {
@@ -130,7 +132,6 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         .local_addr()
         .map_or_else(|_| ctx.config.listen.to_string(), |a| a.to_string());
     let shutdown = CancellationToken::new();
-    let max_connections = connection_cap(&ctx.config, workers);
     let front = tokio::spawn(crate::front::serve(
         listener,
         ctx.clone(),
@@ -238,6 +239,7 @@ fn connection_cap(config: &Config, workers: usize) -> usize {
         Ok((before, now)) => {
             if now > before {
                 tracing::info!("raised the open-file limit from {before} to {now}");
+                crate::spawn::keep_worker_fd_limit(before);
             }
             Some(now)
         }

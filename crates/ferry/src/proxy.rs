@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::access_log::Dispatched;
-use crate::activity::Busy;
+use crate::activity::Activity;
 use crate::body::{CancelGuard, ResponseBody, Stream};
 use crate::ctx::Ctx;
 use crate::dispatch::channel::Channel;
@@ -26,20 +26,20 @@ use crate::events::Event;
 
 use crate::config::INLINE_BODY_MAX as INLINE_MAX;
 
-/// Answers one request. `busy`, for HTTP/2, counts it in progress on its connection
-/// until its response body is done. With the access log on, the response carries
+/// Answers one request. `activity`, for HTTP/2, is its connection's: a streamed
+/// response reports to it whether its client keeps up. With the access log on, the response carries
 /// where the request went ([`Dispatched`], an extension).
 pub async fn handle(
     req: Request<Incoming>,
     peer: &str,
     ctx: &Ctx,
-    busy: Option<Busy>,
+    activity: Option<&Arc<Activity>>,
 ) -> Response<ResponseBody> {
     if ctx.access_log.is_none() {
-        return answer(req, peer, ctx, busy, None).await;
+        return answer(req, peer, ctx, activity, None).await;
     }
     let mut dispatched = None;
-    let mut resp = answer(req, peer, ctx, busy, Some(&mut dispatched)).await;
+    let mut resp = answer(req, peer, ctx, activity, Some(&mut dispatched)).await;
     if let Some(d) = dispatched {
         resp.extensions_mut().insert(d);
     }
@@ -52,7 +52,7 @@ async fn answer(
     req: Request<Incoming>,
     peer: &str,
     ctx: &Ctx,
-    busy: Option<Busy>,
+    activity: Option<&Arc<Activity>>,
     mut dispatched: Option<&mut Option<Dispatched>>,
 ) -> Response<ResponseBody> {
     let cfg = &ctx.config;
@@ -107,7 +107,6 @@ async fn answer(
     let mut avoid: Option<Arc<Channel>> = None;
     let mut attempts = 0;
     loop {
-        attempts += 1;
         let lease = match ctx.pool.acquire_avoiding(avoid.as_ref()).await {
             Ok(l) => l,
             Err(NoSlot::QueueFull) => {
@@ -145,6 +144,8 @@ async fn answer(
                 );
             }
         };
+        // Only a request that reached a worker uses up a try: refusals sent nothing.
+        attempts += 1;
         let id = exchange.id;
         if let (Some(d), Some(waited)) = (dispatched.as_deref_mut(), waited) {
             *d = Some(Dispatched {
@@ -168,6 +169,7 @@ async fn answer(
             let limits = UploadLimits {
                 max: cfg.max_body_size,
                 gap: cfg.body_read_timeout,
+                stall: cfg.request_timeout,
             };
             tokio::spawn(pump(body, channel.clone(), id, window, limits, failed));
         }
@@ -186,7 +188,7 @@ async fn answer(
                     // Finished: nothing left to cancel.
                     guard.armed = false;
                 }
-                return respond(start, guard, parts.method == Method::HEAD, busy);
+                return respond(start, guard, parts.method == Method::HEAD, activity);
             }
             Ok(Err(lost)) => lost,
             Err(_) => Lost::WorkerGone,
@@ -335,6 +337,9 @@ struct UploadLimits {
     max: u64,
     /// `--body-read-timeout`: the longest pause between two reads.
     gap: std::time::Duration,
+    /// `--request-timeout`: the longest the worker may leave the window closed (it
+    /// is not reading the body), since the head's clock waits for the upload.
+    stall: std::time::Duration,
 }
 
 /// Streams a request body to the worker, never more than its window ahead. A client
@@ -377,10 +382,21 @@ async fn pump(
                 }
                 while !data.is_empty() {
                     let piece = data.split_to(data.len().min(channel.chunk_size));
-                    match window.acquire_many(piece.len() as u32).await {
-                        Ok(permit) => permit.forget(),
+                    let credit = window.acquire_many(piece.len() as u32);
+                    match tokio::time::timeout(limits.stall, credit).await {
+                        Ok(Ok(permit)) => permit.forget(),
                         // The request finished (or the worker died): stop sending.
-                        Err(_) => return,
+                        Ok(Err(_)) => return,
+                        // The worker stopped reading the body: its fault, as a timeout.
+                        Err(_) => {
+                            tracing::warn!(
+                                worker = channel.index,
+                                pid = channel.pid,
+                                "the worker read none of a request body for {:?}",
+                                limits.stall
+                            );
+                            return fail(StatusCode::GATEWAY_TIMEOUT);
+                        }
                     }
                     if !channel.send_body_chunk(id, piece) {
                         return;
@@ -420,7 +436,7 @@ fn respond(
     start: Start,
     guard: CancelGuard,
     head_request: bool,
-    busy: Option<Busy>,
+    activity: Option<&Arc<Activity>>,
 ) -> Response<ResponseBody> {
     let Ok(status) = StatusCode::from_u16(start.status) else {
         return error(
@@ -471,8 +487,8 @@ fn respond(
             pieces: rx,
             progress,
         } => {
-            if let Some(b) = &busy {
-                progress.attach(b.activity());
+            if let Some(a) = activity {
+                progress.attach(a);
             }
             let credit_every = (DEFAULT_INITIAL_WINDOW / 4).max(1);
             ResponseBody::Stream(Stream {
@@ -481,7 +497,6 @@ fn respond(
                 length,
                 remaining: length,
                 progress,
-                busy,
                 uncredited: 0,
                 credit_every,
             })
@@ -520,6 +535,9 @@ fn upload_error(status: StatusCode) -> Response<ResponseBody> {
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => error(status, "request body too large\n"),
         StatusCode::REQUEST_TIMEOUT => slow_upload(),
+        StatusCode::GATEWAY_TIMEOUT => {
+            error(status, "the worker did not read the request body in time\n")
+        }
         _ => error(StatusCode::BAD_REQUEST, "could not read the request body\n"),
     }
 }

@@ -132,10 +132,10 @@ pub async fn run_slot(
             }
             // The worker's own request: only this instance's, so never a stale one.
             Some(RecycleMe { why }) = inst.recycle.recv() => {
-                let _ = replace(&ctx, index, &mut current, &format!("recycling worker: {why}")).await;
+                let outcome = replace(&ctx, index, &mut current, &format!("recycling worker: {why}")).await;
                 // A failed replacement kept this worker: forget the asks that queued up
                 // meanwhile, its supervisor asks again in a while.
-                if let Some(kept) = current.as_mut() {
+                if let (Reloaded::Kept { .. }, Some(kept)) = (outcome, current.as_mut()) {
                     while kept.recycle.try_recv().is_ok() {}
                 }
             }
@@ -206,22 +206,26 @@ async fn replace(
         let _ = old.control.send(Control::Drain);
     }
     tracing::info!(worker = index, pid = new_pid, "replacement ready");
-    // The lock orders starts, which cost the machine; old workers drain side by side.
+    // The lock orders starts, which cost the machine; old workers drain side by side,
+    // on a task of their own, so this slot goes on watching its new worker meanwhile.
     drop(one_at_a_time);
     if let Some(mut old) = old {
-        let _ = (&mut old.done).await;
-        tracing::info!(
-            worker = index,
-            old = old.pid,
-            new = new_pid,
-            "worker replaced"
-        );
+        let ctx2 = ctx.clone();
+        ctx.drains.spawn(async move {
+            let _ = (&mut old.done).await;
+            tracing::info!(
+                worker = index,
+                old = old.pid,
+                new = new_pid,
+                "worker replaced"
+            );
+            ctx2.events.emit(|| Event::Replaced {
+                slot: index,
+                old: old.pid,
+                new: new_pid,
+            });
+        });
     }
-    ctx.events.emit(|| Event::Replaced {
-        slot: index,
-        old: old_pid,
-        new: new_pid,
-    });
     Reloaded::Replaced {
         old: old_pid,
         new: new_pid,

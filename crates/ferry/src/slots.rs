@@ -196,5 +196,8 @@ impl Slots {
         for gone in removing {
             let _ = gone.await;
         }
+        // Workers replaced shortly before the stop may still be draining.
+        self.ctx.drains.close();
+        self.ctx.drains.wait().await;
     }
 }

@@ -19,6 +19,16 @@ use tokio::sync::oneshot;
 
 use crate::sync::lock;
 
+/// The soft descriptor limit workers start with: the one the master itself was
+/// started with, before it raised its own for client connections (0: unchanged).
+static WORKER_SOFT_NOFILE: AtomicU64 = AtomicU64::new(0);
+
+/// Workers are started with `soft` as their soft descriptor limit: what the master
+/// was given, not what it raised itself to.
+pub fn keep_worker_fd_limit(soft: u64) {
+    WORKER_SOFT_NOFILE.store(soft, Ordering::Relaxed);
+}
+
 /// Lines of a child's stderr kept for error messages.
 const STDERR_TAIL: usize = 20;
 
@@ -140,6 +150,17 @@ fn fork_one(command: &[String], index: usize) -> io::Result<(Child, OwnedFd)> {
             // group down with it (the SDK does), so no grandchild outlives the master.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
                 return Err(io::Error::last_os_error());
+            }
+            let soft = WORKER_SOFT_NOFILE.load(Ordering::Relaxed);
+            if soft != 0 {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
             }
             // The master may have died before prctl took effect.
             if libc::getppid() != parent_pid {

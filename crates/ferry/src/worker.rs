@@ -278,7 +278,13 @@ async fn supervise(
     let started = Instant::now();
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut expiry = tokio::time::interval(expiry_period(cfg.request_timeout));
+    // The slow log shares the tick: often enough that no request slow past its
+    // threshold slips through between two looks.
+    let period = match cfg.slow_request_threshold {
+        Some(t) => expiry_period(cfg.request_timeout).min((t / 4).max(Duration::from_millis(10))),
+        None => expiry_period(cfg.request_timeout),
+    };
+    let mut expiry = tokio::time::interval(period);
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce = 0u64;
     let mut exhausted = false;

@@ -140,7 +140,15 @@ impl Channel {
     ) -> Result<Exchange, Refused<E>> {
         let mut t = lock(&self.table);
         let window = streamed_body.then_some(self.send_window);
-        let (exchange, frame) = t.register(lease, method, uri, window, encode)?;
+        let (exchange, frame) = match t.register(lease, method, uri, window, encode) {
+            Ok(registered) => registered,
+            Err((refused, lease)) => {
+                // The lease takes the pool's lock as it drops: never under ours.
+                drop(t);
+                drop(lease);
+                return Err(refused);
+            }
+        };
         let _ = self.queue.send(Outgoing::Frame(frame));
         if t.exhausted() {
             // Its supervisor takes it out of the pool and has it replaced; until then

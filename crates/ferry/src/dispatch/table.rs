@@ -61,7 +61,7 @@ pub enum Lost {
 }
 
 /// Why a request was not put in flight.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Refused<E> {
     /// The worker is gone or draining: nothing was sent; another worker may take it.
     Gone,
@@ -203,12 +203,16 @@ impl<L> Table<L> {
         uri: &http::Uri,
         send_window: Option<u32>,
         encode: impl FnOnce(u64) -> Result<Bytes, E>,
-    ) -> Result<(Exchange, Bytes), Refused<E>> {
+    ) -> Result<(Exchange, Bytes), (Refused<E>, L)> {
+        // A refused lease goes back to the caller, to be dropped outside its lock.
         if self.closed || self.draining || self.exhausted() {
-            return Err(Refused::Gone);
+            return Err((Refused::Gone, lease));
         }
         let id = self.next_id + 1;
-        let frame = encode(id).map_err(Refused::Encode)?;
+        let frame = match encode(id) {
+            Ok(f) => f,
+            Err(e) => return Err((Refused::Encode(e), lease)),
+        };
         self.next_id = id;
         if let Some(left) = &mut self.budget {
             *left -= 1;
@@ -288,14 +292,17 @@ impl<L> Table<L> {
         }
     }
 
-    /// Streamed responses whose client has taken nothing for `timeout` while bytes
-    /// were waiting for it: each is marked stalled and cancelled (the caller sends
-    /// the `Cancel`s), so its slot is freed when the worker confirms.
+    /// Streamed HTTP/2 responses whose client has taken nothing for `timeout` while
+    /// bytes were waiting for it: each is marked stalled and cancelled (the caller
+    /// sends the `Cancel`s), so its slot is freed when the worker confirms. (Taking
+    /// is counted a piece at a time, up to 64 KiB: a client must take one within the
+    /// timeout. Over HTTP/1.1 the socket's write timeout does this job.)
     pub fn stalled(&mut self, timeout: Duration) -> Vec<u64> {
         let mut ids = Vec::new();
         for (id, e) in self.entries.iter_mut() {
             let Some(p) = &e.progress else { continue };
-            if e.cancelled.is_none() && e.routed > p.taken() && p.idle_for() >= timeout {
+            if p.is_h2() && e.cancelled.is_none() && e.routed > p.taken() && p.idle_for() >= timeout
+            {
                 p.mark_stalled();
                 e.cancelled = Some(Instant::now());
                 ids.push(*id);

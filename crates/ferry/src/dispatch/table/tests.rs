@@ -122,6 +122,7 @@ fn a_stream_is_stalled_only_with_bytes_waiting_and_no_progress() {
     else {
         panic!("a streamed head");
     };
+    progress.attach(&std::sync::Arc::new(crate::activity::Activity::default()));
     // A worker with nothing to send (a quiet event stream) is not the client's fault.
     assert!(t.stalled(Duration::ZERO).is_empty());
     t.route(chunk(x.id, Bytes::from_static(b"event")), 0)
