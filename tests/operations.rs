@@ -214,7 +214,7 @@ fn ctl_reload_reports_each_slot_and_fails_when_a_replacement_does() {
     assert_eq!(code, 1, "{out}");
     assert_eq!(out.matches("KEPT").count(), 2, "{out}");
     assert_eq!(f.worker_pids(), after);
-    assert!(f.log.text().contains("reload failed"));
+    assert!(f.log.wait_for("reload failed", WAIT).is_some());
 }
 
 #[test]
