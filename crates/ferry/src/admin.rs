@@ -155,6 +155,8 @@ pub struct WorkerStatus {
     pub served: u64,
     /// Resident memory, when `/proc` shows it.
     pub rss_bytes: Option<u64>,
+    /// CPU time the worker process has used (user + system), when `/proc` shows it.
+    pub cpu_seconds: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -178,6 +180,7 @@ pub fn status(ctx: &Ctx) -> Status {
             in_flight: c.in_flight(),
             served: c.served(),
             rss_bytes: crate::process::rss_of(c.pid),
+            cpu_seconds: crate::process::cpu_of(c.pid).map(|d| d.as_secs_f64()),
         })
         .collect();
     Status {
@@ -309,6 +312,21 @@ pub fn metrics(s: &Status) -> String {
         "Workers that ended: drained, crashed or killed",
         counter(s.worker_exits),
     );
+    registry.register(
+        "log_lines_dropped",
+        "Log lines dropped because stderr did not keep up",
+        counter(s.log.lines_dropped),
+    );
+    registry.register(
+        "log_lines_split",
+        "Lines of worker output split for being longer than 16 KiB",
+        counter(s.log.lines_split),
+    );
+    registry.register(
+        "access_log_lines_dropped",
+        "Access log lines dropped because the disk did not keep up",
+        counter(s.log.access_lines_dropped),
+    );
 
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
@@ -333,6 +351,7 @@ mod tests {
                     in_flight: 3,
                     served: 40,
                     rss_bytes: Some(4096),
+                    cpu_seconds: Some(1.5),
                 },
                 WorkerStatus {
                     slot: 1,
@@ -342,6 +361,7 @@ mod tests {
                     in_flight: 1,
                     served: 2,
                     rss_bytes: None,
+                    cpu_seconds: None,
                 },
             ],
             queue: QueueStatus {
@@ -376,6 +396,8 @@ mod tests {
             "ferry_queue_limit 1024",
             "ferry_worker_starts_total 3",
             "ferry_worker_exits_total 1",
+            "ferry_log_lines_dropped_total 7",
+            "ferry_access_log_lines_dropped_total 0",
             "# EOF",
         ] {
             assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");

@@ -33,7 +33,7 @@ pub struct Ctl {
 enum Command {
     /// The whole status document: workers, queue, responses, log counters.
     Status,
-    /// One line per worker: slot, pid, state, uptime, served, in flight, RSS.
+    /// One line per worker: slot, pid, state, uptime, served, in flight, RSS, CPU.
     Workers,
     /// Replace every worker, one at a time; reports each slot, exit 1 if any
     /// replacement failed to start (the old worker then keeps serving).
@@ -176,12 +176,12 @@ fn show(command: &Command, answer: &Value) -> String {
         Command::Status => format!("{:#}\n", answer["status"]),
         Command::Workers => {
             let mut out = format!(
-                "{:>4} {:>8} {:<9} {:>10} {:>9} {:>9} {:>9}\n",
-                "SLOT", "PID", "STATE", "UPTIME", "SERVED", "IN FLIGHT", "RSS MiB"
+                "{:>4} {:>8} {:<9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+                "SLOT", "PID", "STATE", "UPTIME", "SERVED", "IN FLIGHT", "RSS MiB", "CPU s"
             );
             for w in answer["workers"].as_array().into_iter().flatten() {
                 out += &format!(
-                    "{:>4} {:>8} {:<9} {:>9.0}s {:>9} {:>9} {:>9}\n",
+                    "{:>4} {:>8} {:<9} {:>9.0}s {:>9} {:>9} {:>9} {:>9}\n",
                     w["slot"],
                     w["pid"],
                     w["state"].as_str().unwrap_or("?"),
@@ -191,6 +191,9 @@ fn show(command: &Command, answer: &Value) -> String {
                     w["rss_bytes"]
                         .as_u64()
                         .map_or("-".into(), |b| (b >> 20).to_string()),
+                    w["cpu_seconds"]
+                        .as_f64()
+                        .map_or("-".into(), |c| format!("{c:.2}")),
                 );
             }
             out

@@ -103,6 +103,24 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
     Ok((before, lim.rlim_cur))
 }
 
+/// CPU time (user + system) `pid` has used, from `/proc/PID/stat`.
+pub fn cpu_of(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = parse_cpu_ticks(&stat)?;
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| std::time::Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// utime + stime from a `/proc/PID/stat` line. The command name (in parentheses)
+/// may hold spaces and parentheses itself: the fields are counted after the last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Resident set size of `pid`, in bytes.
 pub fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -144,6 +162,14 @@ mod tests {
         let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t    1536 kB\nThreads: 1\n";
         assert_eq!(super::parse_vm_rss(status), Some(1536 * 1024));
         assert_eq!(super::parse_vm_rss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5 0 0";
+        assert_eq!(super::parse_cpu_ticks(stat), Some(10));
+        assert_eq!(super::parse_cpu_ticks("garbage"), None);
+        assert!(super::cpu_of(std::process::id()).is_some());
     }
 
     #[test]
