@@ -66,6 +66,7 @@ async fn status_and_metrics_show_the_pool() {
     for w in s["workers"].as_array().unwrap() {
         assert_eq!(w["state"], "ready", "{s}");
         assert!(w["rss_bytes"].as_u64().unwrap() > 0, "{s}");
+        assert!(w["cpu_seconds"].as_f64().is_some(), "{s}");
     }
     assert_eq!(sum(&s, "in_flight"), 1, "{s}");
     assert_eq!(sum(&s, "served"), 10, "{s}");

@@ -158,6 +158,7 @@ fn ctl_reports_workers_scales_and_stops() {
         out.contains(&pid.to_string()) && out.contains("ready"),
         "{out}"
     );
+    assert!(out.contains("CPU s"), "{out}");
     let (code, out, _) = ctl(&sock, &["--json", "status"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
