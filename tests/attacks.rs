@@ -9,9 +9,8 @@
 
 mod harness;
 
-use bytes::Bytes;
 use harness::*;
-use http::{Request, StatusCode};
+use http::StatusCode;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,24 +93,9 @@ fn cpu_ticks(pid: u32) -> u64 {
 async fn long_h2_closed_window_200_streams() {
     let f = Ferry::testbed(&["--workers", "2"]);
     let addr = f.addr;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, conn) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    for _ in 0..200 {
-        let c = client.clone();
-        tokio::spawn(async move {
-            let req = Request::get(format!("http://{addr}/stream?bytes=1048576"))
-                .body(())
-                .unwrap();
-            let mut c = c.ready().await.ok()?;
-            let (resp, _) = c.send_request(req, true).ok()?;
-            resp.await.ok()
-        });
-    }
+    let (client, _connection) = closed_window_client(addr).await;
+    // Held until the end: a dropped response would reset its stream.
+    let _streams = open_streams(&client, addr, "/stream?bytes=1048576", 200);
     tokio::task::spawn_blocking(move || {
         measure("h2: window 0, 200 streamed responses", &f, || {
             std::thread::sleep(Duration::from_secs(45))

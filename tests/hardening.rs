@@ -191,25 +191,8 @@ fn clients_that_never_read_lose_their_slots_after_the_send_timeout() {
 async fn one_h2_connection_with_a_closed_window_cannot_hold_the_pool() {
     let _one_at_a_time = heavy();
     let f = Ferry::testbed(&["--workers", "2", "--admin-listen", "127.0.0.1:0"]);
-    let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
-    let (client, conn) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut streams = Vec::new();
-    for _ in 0..200 {
-        let req = Request::get(format!("http://{}/stream?bytes=1048576", f.addr))
-            .body(())
-            .unwrap();
-        let c = client.clone();
-        streams.push(tokio::spawn(async move {
-            let mut c = c.ready().await.ok()?;
-            let (resp, _) = c.send_request(req, true).ok()?;
-            resp.await.ok()
-        }));
-    }
+    let (client, _connection) = closed_window_client(f.addr).await;
+    let mut streams = open_streams(&client, f.addr, "/stream?bytes=1048576", 200);
     // Let the streams reach the workers.
     let _ = tokio::time::timeout(Duration::from_millis(500), futures_ready(&mut streams)).await;
     // They are real, and they hold their share of the slots: a quarter of 2 x 64.
@@ -258,9 +241,7 @@ async fn in_flight(admin: SocketAddr) -> u64 {
 }
 
 /// Waits until at least one of the spawned streams has its response head.
-async fn futures_ready(
-    streams: &mut [tokio::task::JoinHandle<Option<http::Response<h2::RecvStream>>>],
-) {
+async fn futures_ready(streams: &mut [HeldStream]) {
     loop {
         if streams.iter().any(|s| s.is_finished()) {
             return;
@@ -689,25 +670,8 @@ async fn stalled_h2_streams_lose_their_slots_and_then_their_connection() {
         "127.0.0.1:0",
     ]);
     let admin = admin_addr(&f);
-    let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
-    let (client, conn) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(conn);
-    let mut streams = Vec::new();
-    for _ in 0..4 {
-        let req = Request::get(format!("http://{}/stream?bytes=1048576", f.addr))
-            .body(())
-            .unwrap();
-        let c = client.clone();
-        streams.push(tokio::spawn(async move {
-            let mut c = c.ready().await.ok()?;
-            let (resp, _) = c.send_request(req, true).ok()?;
-            resp.await.ok()
-        }));
-    }
+    let (client, connection) = closed_window_client(f.addr).await;
+    let streams = open_streams(&client, f.addr, "/stream?bytes=1048576", 4);
     let deadline = Instant::now() + WAIT;
     while in_flight(admin).await < 4 {
         assert!(
@@ -747,13 +711,7 @@ async fn an_h2_client_that_never_takes_small_answers_loses_its_connection() {
         "--header-read-timeout",
         "500ms",
     ]);
-    let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
-    let (client, conn) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(conn);
+    let (client, connection) = closed_window_client(f.addr).await;
     let mut heads = Vec::new();
     for _ in 0..4 {
         let req = Request::get(format!("http://{}/", f.addr))

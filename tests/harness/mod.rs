@@ -466,3 +466,46 @@ impl Drop for Direct {
         let _ = self.child.wait();
     }
 }
+
+/// An HTTP/2 client that never opens its streams' flow-control windows (initial
+/// window 0), and the task driving its connection (it ends when the server closes).
+pub async fn closed_window_client(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    (client, tokio::spawn(conn))
+}
+
+/// A stream's task: its response head, kept (with its body unread) for as long as
+/// the handle lives; dropping the response would reset the stream.
+pub type HeldStream = tokio::task::JoinHandle<Option<http::Response<h2::RecvStream>>>;
+
+/// Opens `n` streams of `GET path` on `client`, each holding its response.
+pub fn open_streams(
+    client: &h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    path: &str,
+    n: usize,
+) -> Vec<HeldStream> {
+    (0..n)
+        .map(|_| {
+            let req = Request::get(format!("http://{addr}{path}"))
+                .body(())
+                .unwrap();
+            let c = client.clone();
+            tokio::spawn(async move {
+                let mut c = c.ready().await.ok()?;
+                let (resp, _) = c.send_request(req, true).ok()?;
+                resp.await.ok()
+            })
+        })
+        .collect()
+}
