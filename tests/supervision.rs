@@ -621,6 +621,10 @@ async fn max_requests_recycles_one_at_a_time_without_failures() {
         "10",
         "--heartbeat-interval",
         "50ms",
+        // Replacements started on demand, under the one-at-a-time lock (spares, tested
+        // below, start beside it).
+        "--spare-workers",
+        "0",
     ]);
     // At least 2,000 requests, and on until ten replacements are done: how many fit in
     // 2,000 depends on how fast this machine starts processes.

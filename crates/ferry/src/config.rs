@@ -136,6 +136,14 @@ pub struct Config {
     #[arg(long, env = "FERRY_MAX_REQUESTS", default_value_t = 0)]
     pub max_requests: u64,
 
+    /// Started and ready processes kept beside the pool, at most one per worker: a
+    /// worker that is recycled (or dies) is replaced by its spare at once, so the
+    /// start is off the requests' path. With `--max-requests 1` every request runs
+    /// in a fresh process. Each spare costs a process's memory
+    /// [default: the number of workers with --max-requests, else 0].
+    #[arg(long, env = "FERRY_SPARE_WORKERS")]
+    pub spare_workers: Option<u32>,
+
     /// Each worker draws its own limit in [max-requests, max-requests + jitter], so
     /// workers started together do not all recycle together.
     #[arg(long, env = "FERRY_MAX_REQUESTS_JITTER", default_value_t = 0)]
@@ -244,6 +252,15 @@ impl Config {
             let slots = self.workers() as u64 * self.concurrency as u64;
             (slots / 4).clamp(1, 100) as u32
         })
+    }
+
+    /// How many slots, from the first, keep a spare worker.
+    pub fn spare_workers(&self) -> usize {
+        match self.spare_workers {
+            Some(n) => n as usize,
+            None if self.max_requests > 0 => self.workers(),
+            None => 0,
+        }
     }
 
     pub fn workers(&self) -> usize {

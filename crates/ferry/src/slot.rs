@@ -18,10 +18,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::ctx::Ctx;
 use crate::events::Event;
-use crate::worker::{self, Control, Ended, Instance, RecycleMe, StartError};
+use crate::worker::{self, Control, Ended, Instance, Live, RecycleMe, Role, StartError};
 
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 /// The longest a slot waits before it tries again to start a worker.
@@ -75,8 +77,105 @@ impl Backoff {
     }
 }
 
+/// What happened to a watched worker.
+enum Happened {
+    Ended(Ended),
+    Recycle(RecycleMe),
+}
+
+/// Waits for the worker in `inst` to end or ask to be recycled; forever if none.
+async fn watch(inst: &mut Option<Instance>) -> Happened {
+    let Some(inst) = inst else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        ended = &mut inst.done => Happened::Ended(ended.unwrap_or_default()),
+        Some(ask) = inst.recycle.recv() => Happened::Recycle(ask),
+    }
+}
+
+/// The start under way, in `starting`, finished; forever if none is.
+async fn started(starting: &mut Option<JoinHandle<Result<Live, StartError>>>) -> Result<Live, StartError> {
+    let Some(task) = starting.as_mut() else {
+        return std::future::pending().await;
+    };
+    let r = task.await;
+    *starting = None;
+    r.unwrap_or_else(|e| {
+        Err(StartError {
+            cause: format!("its start failed: {e}"),
+            stderr_tail: Vec::new(),
+        })
+    })
+}
+
+/// Sleeps until `at`; forever if `None`.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A slot's spare (`--spare-workers`): a worker started and ready beside the pool,
+/// or the start of one under way, or the time the next try is due.
+struct Spare {
+    ready: Option<Instance>,
+    starting: Option<JoinHandle<Result<Live, StartError>>>,
+    /// The start under way began before a reload: what it brings runs old code.
+    stale: bool,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+}
+
+impl Spare {
+    fn new() -> Self {
+        Spare {
+            ready: None,
+            starting: None,
+            stale: false,
+            retry_at: None,
+            backoff: Backoff::new(),
+        }
+    }
+
+    /// Begins starting a spare, on a task of its own so the slot goes on serving.
+    fn start(&mut self, ctx: &Arc<Ctx>, index: usize) {
+        let ctx = ctx.clone();
+        self.retry_at = None;
+        self.stale = false;
+        self.starting = Some(tokio::spawn(
+            async move { worker::start(&ctx, index).await },
+        ));
+    }
+
+    /// Tries again after the backoff delay.
+    fn retry_later(&mut self) -> Duration {
+        let delay = self.backoff.next();
+        self.retry_at = Some(Instant::now() + delay);
+        delay
+    }
+
+    /// Drains whatever spare there is, and waits for any start under way: its
+    /// worker is drained too.
+    async fn stop(&mut self, ctx: &Arc<Ctx>, index: usize) {
+        if let Some(task) = self.starting.take() {
+            if let Ok(Ok(live)) = task.await {
+                self.ready = Some(worker::launch(ctx.clone(), index, live, Role::Spare));
+            }
+        }
+        if let Some(mut spare) = self.ready.take() {
+            let _ = spare.control.send(Control::Drain);
+            let _ = (&mut spare.done).await;
+        }
+    }
+}
+
 /// Runs slot `index` until it is stopped. `boot` receives the outcome of the first
 /// start; if that fails the slot gives up, since a broken deploy must fail loudly.
+///
+/// With a spare (`--spare-workers`), a worker that asks to be recycled, or dies,
+/// is replaced by the spare at once, and a new spare is started behind it.
 pub async fn run_slot(
     ctx: Arc<Ctx>,
     index: usize,
@@ -86,78 +185,212 @@ pub async fn run_slot(
     let mut boot = Some(boot);
     let mut backoff = Backoff::new();
     let mut current: Option<Instance> = None;
+    let keeps_spare = index < ctx.config.spare_workers();
+    let mut spare = Spare::new();
+    // The worker asked to be recycled and waits, out of the pool, for the spare
+    // on its way.
+    let mut awaiting_spare = false;
     loop {
-        let Some(inst) = current.as_mut() else {
-            match worker::start(&ctx, index).await {
-                Ok(live) => {
-                    if let Some(b) = boot.take() {
-                        let _ = b.send(Ok(()));
+        if current.is_none() {
+            if let Some(s) = spare.ready.take() {
+                promote(&ctx, index, &mut current, s, "its worker ended");
+                spare.start(&ctx, index);
+                continue;
+            }
+            // A spare is on its way: it takes over when it is ready (below).
+            if spare.starting.is_none() {
+                match worker::start(&ctx, index).await {
+                    Ok(live) => {
+                        if let Some(b) = boot.take() {
+                            let _ = b.send(Ok(()));
+                            if keeps_spare {
+                                spare.start(&ctx, index);
+                            }
+                        }
+                        current = Some(worker::launch(ctx.clone(), index, live, Role::Serve));
                     }
-                    current = Some(worker::launch(ctx.clone(), index, live));
+                    Err(e) => {
+                        if let Some(b) = boot.take() {
+                            let _ = b.send(Err(e));
+                            return;
+                        }
+                        let delay = backoff.next();
+                        tracing::error!(
+                            worker = index,
+                            "worker failed to start (next attempt in {delay:?}): {e}"
+                        );
+                        ctx.events.emit(|| Event::StartFailed {
+                            slot: index,
+                            error: e.to_string(),
+                        });
+                        if wait_or_stop(delay, &mut triggers).await {
+                            spare.stop(&ctx, index).await;
+                            return;
+                        }
+                    }
+                }
+                continue;
+            }
+        }
+        let retry_at = spare.retry_at.filter(|_| spare.starting.is_none());
+        tokio::select! {
+            happened = watch(&mut current) => match happened {
+                Happened::Ended(Ended { uptime, served }) => {
+                    current = None;
+                    if served > 0 {
+                        backoff.reset();
+                    } else if spare.ready.is_none() {
+                        let delay = backoff.next();
+                        tracing::warn!(worker = index, "worker died after {uptime:.1?} without serving a request; restarting in {delay:?}");
+                        if wait_or_stop(delay, &mut triggers).await {
+                            spare.stop(&ctx, index).await;
+                            return;
+                        }
+                    }
+                }
+                // The worker's own request: only this instance's, so never a stale one.
+                Happened::Recycle(RecycleMe { why }) => {
+                    if let Some(s) = spare.ready.take() {
+                        promote(&ctx, index, &mut current, s, &format!("recycling worker: {why}"));
+                        spare.start(&ctx, index);
+                    } else if spare.starting.is_some() {
+                        // The spare on its way takes over when it is ready; the worker
+                        // takes nothing new meanwhile, and asks again later.
+                        awaiting_spare = true;
+                    } else {
+                        let outcome = replace(&ctx, index, &mut current, &format!("recycling worker: {why}")).await;
+                        // A failed replacement kept this worker: forget the asks that
+                        // queued up meanwhile, its supervisor asks again in a while.
+                        if let (Reloaded::Kept { .. }, Some(kept)) = (outcome, current.as_mut()) {
+                            while kept.recycle.try_recv().is_ok() {}
+                        }
+                    }
+                }
+            },
+            // The spare went while waiting (or outgrew --max-memory): start another.
+            happened = watch(&mut spare.ready) => {
+                let gone = spare.ready.take().expect("watched");
+                if let Happened::Recycle(RecycleMe { why }) = happened {
+                    tracing::info!(worker = index, pid = gone.pid, "replacing the spare worker: {why}");
+                    drain_away(&ctx, gone);
+                    spare.start(&ctx, index);
+                } else {
+                    let delay = spare.retry_later();
+                    tracing::warn!(worker = index, pid = gone.pid, "the spare worker died; starting another in {delay:?}");
+                }
+            }
+            started = started(&mut spare.starting) => match started {
+                Ok(live) => {
+                    spare.backoff.reset();
+                    let fresh = worker::launch(ctx.clone(), index, live, Role::Spare);
+                    let waiting = current.is_none() || awaiting_spare;
+                    if spare.stale {
+                        // Started before a reload: it runs the old code.
+                        drain_away(&ctx, fresh);
+                        spare.start(&ctx, index);
+                    } else if waiting {
+                        awaiting_spare = false;
+                        promote(&ctx, index, &mut current, fresh, "its spare is ready");
+                        spare.start(&ctx, index);
+                    } else {
+                        spare.ready = Some(fresh);
+                    }
                 }
                 Err(e) => {
-                    if let Some(b) = boot.take() {
-                        let _ = b.send(Err(e));
-                        return;
-                    }
-                    let delay = backoff.next();
-                    tracing::error!(
-                        worker = index,
-                        "worker failed to start (next attempt in {delay:?}): {e}"
-                    );
-                    ctx.events.emit(|| Event::StartFailed {
-                        slot: index,
-                        error: e.to_string(),
-                    });
-                    if wait_or_stop(delay, &mut triggers).await {
-                        return;
-                    }
+                    let delay = spare.retry_later();
+                    tracing::error!(worker = index, "spare worker failed to start (next attempt in {delay:?}): {e}");
+                    ctx.events.emit(|| Event::StartFailed { slot: index, error: e.to_string() });
                 }
-            }
-            continue;
-        };
-        tokio::select! {
-            ended = &mut inst.done => {
-                current = None;
-                let Ended { uptime, served } = ended.unwrap_or_default();
-                if served > 0 {
-                    backoff.reset();
-                } else {
-                    let delay = backoff.next();
-                    tracing::warn!(worker = index, "worker died after {uptime:.1?} without serving a request; restarting in {delay:?}");
-                    if wait_or_stop(delay, &mut triggers).await {
-                        return;
-                    }
-                }
-            }
-            // The worker's own request: only this instance's, so never a stale one.
-            Some(RecycleMe { why }) = inst.recycle.recv() => {
-                let outcome = replace(&ctx, index, &mut current, &format!("recycling worker: {why}")).await;
-                // A failed replacement kept this worker: forget the asks that queued up
-                // meanwhile, its supervisor asks again in a while.
-                if let (Reloaded::Kept { .. }, Some(kept)) = (outcome, current.as_mut()) {
-                    while kept.recycle.try_recv().is_ok() {}
-                }
-            }
+            },
+            () = until(retry_at) => spare.start(&ctx, index),
             Some(trigger) = triggers.recv() => match trigger {
                 Trigger::Reload(ack) => {
-                    let _ = ack.send(replace(&ctx, index, &mut current, "reloading worker").await);
+                    let outcome = if current.is_some() {
+                        replace(&ctx, index, &mut current, "reloading worker").await
+                    } else {
+                        Reloaded::Restarting
+                    };
+                    // The spare runs the old code too.
+                    if let Some(old) = spare.ready.take() {
+                        drain_away(&ctx, old);
+                        spare.start(&ctx, index);
+                    } else if spare.starting.is_some() {
+                        spare.stale = true;
+                    }
+                    let _ = ack.send(outcome);
                 }
-                Trigger::Retire { pid, ack } if pid == inst.pid => {
+                Trigger::Retire { pid, ack } if current.as_ref().is_some_and(|c| c.pid == pid) => {
                     let why = "retiring worker (ferry ctl retire)";
-                    let _ = ack.send(Some(replace(&ctx, index, &mut current, why).await));
+                    let outcome = match spare.ready.take() {
+                        Some(s) => {
+                            let new = s.pid;
+                            promote(&ctx, index, &mut current, s, why);
+                            spare.start(&ctx, index);
+                            Reloaded::Replaced { old: pid, new }
+                        }
+                        None => replace(&ctx, index, &mut current, why).await,
+                    };
+                    let _ = ack.send(Some(outcome));
                 }
                 Trigger::Retire { ack, .. } => {
                     let _ = ack.send(None);
                 }
                 Trigger::Stop(ack) => {
-                    let _ = inst.control.send(Control::Drain);
-                    let _ = (&mut inst.done).await;
+                    if let Some(inst) = current.as_mut() {
+                        let _ = inst.control.send(Control::Drain);
+                    }
+                    spare.stop(&ctx, index).await;
+                    if let Some(inst) = current.as_mut() {
+                        let _ = (&mut inst.done).await;
+                    }
                     let _ = ack.send(());
                     return;
                 }
             },
         }
+    }
+}
+
+/// Drains a worker nobody needs (a spare), which a graceful stop waits for.
+fn drain_away(ctx: &Ctx, inst: Instance) {
+    let _ = inst.control.send(Control::Drain);
+    ctx.drains.spawn(async move {
+        let _ = inst.done.await;
+    });
+}
+
+/// Puts `spare` in the pool in place of the current worker (if any), which drains.
+fn promote(
+    ctx: &Arc<Ctx>,
+    index: usize,
+    current: &mut Option<Instance>,
+    spare: Instance,
+    why: &str,
+) {
+    let new_pid = spare.pid;
+    let _ = spare.control.send(Control::Serve);
+    let old = current.replace(spare);
+    if let Some(mut old) = old {
+        let old_pid = old.pid;
+        tracing::info!(worker = index, pid = old_pid, new = new_pid, "{why}; the spare takes over");
+        ctx.events.emit(|| Event::Recycling {
+            slot: index,
+            pid: old_pid,
+            why: why.to_string(),
+        });
+        let _ = old.control.send(Control::Drain);
+        let ctx2 = ctx.clone();
+        ctx.drains.spawn(async move {
+            let _ = (&mut old.done).await;
+            tracing::info!(worker = index, old = old_pid, new = new_pid, "worker replaced");
+            ctx2.events.emit(|| Event::Replaced {
+                slot: index,
+                old: old_pid,
+                new: new_pid,
+            });
+        });
+    } else {
+        tracing::info!(worker = index, pid = new_pid, "{why}; the spare takes over");
     }
 }
 
@@ -182,7 +415,7 @@ async fn replace(
         why: why.to_string(),
     });
     let new = match worker::start(ctx, index).await {
-        Ok(live) => worker::launch(ctx.clone(), index, live),
+        Ok(live) => worker::launch(ctx.clone(), index, live, Role::Serve),
         Err(e) => {
             // Keep the old worker serving: a bad deploy must not empty the pool.
             tracing::error!(

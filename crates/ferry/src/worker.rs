@@ -165,8 +165,19 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
 
 /// What a running worker can be told.
 pub enum Control {
+    /// A spare goes into the pool and takes requests from now on.
+    Serve,
     /// Leave the pool, finish in-flight requests (up to `--graceful-timeout`), exit.
     Drain,
+}
+
+/// Where a worker starts its supervised life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// In the pool, taking requests.
+    Serve,
+    /// Ready beside the pool, to take over from a worker that goes.
+    Spare,
 }
 
 /// What a running worker's supervisor asks of its slot: replace this worker (it
@@ -193,13 +204,17 @@ pub struct Instance {
     pub recycle: mpsc::UnboundedReceiver<RecycleMe>,
 }
 
-/// Puts a started worker in the pool and watches it on its own task.
-pub fn launch(ctx: Arc<Ctx>, index: usize, live: Live) -> Instance {
+/// Watches a started worker on its own task, and puts it in the pool at once
+/// (`Role::Serve`) or keeps it out until it is told [`Control::Serve`] (`Role::Spare`).
+pub fn launch(ctx: Arc<Ctx>, index: usize, live: Live, role: Role) -> Instance {
     let pid = live.channel.pid;
     let (control, control_rx) = mpsc::unbounded_channel();
     let (recycle, recycle_rx) = mpsc::unbounded_channel();
     let (done_tx, done) = oneshot::channel();
-    ctx.pool.add(live.channel.clone(), live.limit);
+    match role {
+        Role::Serve => ctx.pool.add(live.channel.clone(), live.limit),
+        Role::Spare => live.channel.set_state(channel::State::Spare),
+    }
     ctx.stats.worker_up(&live.channel);
     tokio::spawn(async move {
         let mut guard = Unsupervised {
@@ -272,7 +287,7 @@ async fn supervise(
         mut process,
         mut reader,
         mut writer,
-        ..
+        limit,
     } = live;
     let pid = channel.pid;
     let started = Instant::now();
@@ -311,13 +326,21 @@ async fn supervise(
             // A write to the worker failed: what we queue goes nowhere from now on, so
             // its requests fail at once instead of waiting for their timeouts.
             _ = &mut writer => break End::WriterFailed,
-            Some(Control::Drain) = control.recv(), if drain_deadline.is_none() => {
-                ctx.pool.remove(&channel);
-                channel.set_state(channel::State::Draining);
-                channel.start_drain();
-                drain_deadline = Some(Instant::now() + cfg.graceful_timeout);
-                tracing::info!(worker = index, pid, in_flight = channel.describe_in_flight().len(), "draining worker");
-            }
+            Some(order) = control.recv(), if drain_deadline.is_none() => match order {
+                Control::Serve => {
+                    if channel.state() == channel::State::Spare {
+                        channel.set_state(channel::State::Ready);
+                        ctx.pool.add(channel.clone(), limit);
+                    }
+                }
+                Control::Drain => {
+                    ctx.pool.remove(&channel);
+                    channel.set_state(channel::State::Draining);
+                    channel.start_drain();
+                    drain_deadline = Some(Instant::now() + cfg.graceful_timeout);
+                    tracing::info!(worker = index, pid, in_flight = channel.describe_in_flight().len(), "draining worker");
+                }
+            },
             // Given its last request (`--max-requests`): out of the pool at once, so it
             // serves exactly its limit, and replaced.
             () = channel.exhausted.notified(), if drain_deadline.is_none() => {

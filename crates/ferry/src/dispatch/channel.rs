@@ -54,6 +54,9 @@ pub enum State {
     Draining = 1,
     /// Ending: its process group is being killed and reaped.
     Stopping = 2,
+    /// Started and ready, kept out of the pool until its slot needs it
+    /// (`--spare-workers`).
+    Spare = 3,
 }
 
 impl State {
@@ -62,6 +65,7 @@ impl State {
             State::Ready => "ready",
             State::Draining => "draining",
             State::Stopping => "stopping",
+            State::Spare => "spare",
         }
     }
 }
@@ -235,6 +239,7 @@ impl Channel {
         match self.state.load(Ordering::Relaxed) {
             0 => State::Ready,
             1 => State::Draining,
+            3 => State::Spare,
             _ => State::Stopping,
         }
     }

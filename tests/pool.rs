@@ -1,0 +1,77 @@
+//! How the pool's processes come and go: spares and one process per request, the
+//! pool that sizes itself, and workers that retire themselves.
+
+mod harness;
+
+use harness::*;
+use http::StatusCode;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `clients` connections each send `each` GETs of `path`; the pids that answered
+/// (by how many answers each gave) and the statuses of any failures.
+async fn load(addr: std::net::SocketAddr, clients: usize, each: usize, path: &str) -> (HashMap<u32, usize>, Vec<StatusCode>) {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await;
+            let mut out = Vec::new();
+            for _ in 0..each {
+                let r = conn.get(&path).await;
+                out.push((r.status, (r.status == StatusCode::OK).then(|| pid_in(&r.text()))));
+            }
+            out
+        }));
+    }
+    let mut pids: HashMap<u32, usize> = HashMap::new();
+    let mut bad = Vec::new();
+    for t in tasks {
+        for (status, pid) in t.await.unwrap() {
+            match pid {
+                Some(pid) => *pids.entry(pid).or_default() += 1,
+                None => bad.push(status),
+            }
+        }
+    }
+    (pids, bad)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_1_runs_every_request_in_a_fresh_process() {
+    let f = Ferry::testbed(&["--workers", "2", "--max-requests", "1", "--retry-idempotent", "false"]);
+    let (pids, bad) = load(f.addr, 4, 125, "/pid").await;
+    assert!(bad.is_empty(), "failed requests: {bad:?}\n{}", f.log.text());
+    let reused: Vec<_> = pids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(reused.is_empty(), "processes that served twice: {reused:?}");
+    assert_eq!(pids.len(), 500, "500 requests, 500 processes");
+    // The spares took over: replacements were not started on the requests' path.
+    assert!(
+        f.log.wait_for("the spare takes over", WAIT).is_some(),
+        "{}",
+        f.log.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_is_kept_beside_the_pool_and_takes_over_from_a_dead_worker() {
+    let f = Ferry::testbed(&["--workers", "1", "--spare-workers", "1"]);
+    // Two processes: the worker and its spare, which serves nothing until it must.
+    assert!(f.log.wait_for_nth("worker started", 2, WAIT).is_some(), "{}", f.log.text());
+    let pids = f.worker_pids();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let serving = pid_in(&get(f.addr, "/pid").await.text());
+    let spare = *pids.iter().find(|p| **p != serving).expect("a second process");
+    for _ in 0..20 {
+        assert_eq!(pid_in(&get(f.addr, "/pid").await.text()), serving);
+    }
+    unsafe { libc::kill(serving as i32, libc::SIGKILL) };
+    assert!(f.log.wait_for("the spare takes over", WAIT).is_some(), "{}", f.log.text());
+    // The spare answers now, and a new spare is started behind it.
+    let r = get(f.addr, "/pid").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(pid_in(&r.text()), spare, "the spare took over");
+    assert!(f.log.wait_for_nth("worker started", 3, WAIT).is_some(), "{}", f.log.text());
+}
