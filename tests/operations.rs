@@ -124,22 +124,6 @@ async fn the_slow_log_names_the_worker_once_per_request() {
     assert_eq!(f.log.count("slow request:"), 2, "once per request");
 }
 
-/// `ferry ctl ARGS` against the socket at `socket`: (exit code, stdout, stderr).
-fn ctl(socket: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin("ferry"))
-        .arg("ctl")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run ferry ctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn socket_path(name: &str) -> std::path::PathBuf {
     log_path(name).with_file_name("control.sock")
 }

@@ -12,7 +12,12 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// `clients` connections each send `each` GETs of `path`; the pids that answered
 /// (by how many answers each gave) and the statuses of any failures.
-async fn load(addr: std::net::SocketAddr, clients: usize, each: usize, path: &str) -> (HashMap<u32, usize>, Vec<StatusCode>) {
+async fn load(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    each: usize,
+    path: &str,
+) -> (HashMap<u32, usize>, Vec<StatusCode>) {
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let path = path.to_string();
@@ -21,7 +26,10 @@ async fn load(addr: std::net::SocketAddr, clients: usize, each: usize, path: &st
             let mut out = Vec::new();
             for _ in 0..each {
                 let r = conn.get(&path).await;
-                out.push((r.status, (r.status == StatusCode::OK).then(|| pid_in(&r.text()))));
+                out.push((
+                    r.status,
+                    (r.status == StatusCode::OK).then(|| pid_in(&r.text())),
+                ));
             }
             out
         }));
@@ -41,7 +49,14 @@ async fn load(addr: std::net::SocketAddr, clients: usize, each: usize, path: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_1_runs_every_request_in_a_fresh_process() {
-    let f = Ferry::testbed(&["--workers", "2", "--max-requests", "1", "--retry-idempotent", "false"]);
+    let f = Ferry::testbed(&[
+        "--workers",
+        "2",
+        "--max-requests",
+        "1",
+        "--retry-idempotent",
+        "false",
+    ]);
     let (pids, bad) = load(f.addr, 4, 125, "/pid").await;
     assert!(bad.is_empty(), "failed requests: {bad:?}\n{}", f.log.text());
     let reused: Vec<_> = pids.iter().filter(|(_, n)| **n > 1).collect();
@@ -59,19 +74,104 @@ async fn max_requests_1_runs_every_request_in_a_fresh_process() {
 async fn a_spare_is_kept_beside_the_pool_and_takes_over_from_a_dead_worker() {
     let f = Ferry::testbed(&["--workers", "1", "--spare-workers", "1"]);
     // Two processes: the worker and its spare, which serves nothing until it must.
-    assert!(f.log.wait_for_nth("worker started", 2, WAIT).is_some(), "{}", f.log.text());
+    assert!(
+        f.log.wait_for_nth("worker started", 2, WAIT).is_some(),
+        "{}",
+        f.log.text()
+    );
     let pids = f.worker_pids();
     assert_eq!(pids.len(), 2, "{pids:?}");
     let serving = pid_in(&get(f.addr, "/pid").await.text());
-    let spare = *pids.iter().find(|p| **p != serving).expect("a second process");
+    let spare = *pids
+        .iter()
+        .find(|p| **p != serving)
+        .expect("a second process");
     for _ in 0..20 {
         assert_eq!(pid_in(&get(f.addr, "/pid").await.text()), serving);
     }
     unsafe { libc::kill(serving as i32, libc::SIGKILL) };
-    assert!(f.log.wait_for("the spare takes over", WAIT).is_some(), "{}", f.log.text());
+    assert!(
+        f.log.wait_for("the spare takes over", WAIT).is_some(),
+        "{}",
+        f.log.text()
+    );
     // The spare answers now, and a new spare is started behind it.
     let r = get(f.addr, "/pid").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(pid_in(&r.text()), spare, "the spare took over");
-    assert!(f.log.wait_for_nth("worker started", 3, WAIT).is_some(), "{}", f.log.text());
+    assert!(
+        f.log.wait_for_nth("worker started", 3, WAIT).is_some(),
+        "{}",
+        f.log.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_sizing_pool_grows_under_a_burst_and_shrinks_back_when_idle() {
+    let dir = std::env::temp_dir().join(format!("ferry-pool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("control.sock");
+    let f = Ferry::testbed(&[
+        "--min-workers",
+        "1",
+        "--max-workers",
+        "3",
+        "--concurrency",
+        "1",
+        "--scale-up-after",
+        "20ms",
+        "--idle-timeout",
+        "400ms",
+        "--control-socket",
+        sock.to_str().unwrap(),
+    ]);
+    assert_eq!(f.worker_pids().len(), 1, "it starts at --min-workers");
+    // Six slow requests at once, one slot per worker: the queue makes it grow.
+    let mut burst = Vec::new();
+    for _ in 0..6 {
+        let addr = f.addr;
+        burst.push(tokio::spawn(
+            async move { get(addr, "/sleep?ms=400").await },
+        ));
+    }
+    assert!(
+        f.log
+            .wait_for_nth("(--scale-up-after): adding a worker", 2, WAIT)
+            .is_some(),
+        "{}",
+        f.log.text()
+    );
+    for r in burst {
+        assert_eq!(r.await.unwrap().status, StatusCode::OK);
+    }
+    let grown = f.log.count("(--scale-up-after): adding a worker");
+    assert_eq!(grown, 2, "never past --max-workers:\n{}", f.log.text());
+    // Idle: back down to the minimum, one worker at a time.
+    assert!(
+        f.log
+            .wait_for_nth("(--idle-timeout): draining and removing a worker", 2, WAIT)
+            .is_some(),
+        "{}",
+        f.log.text()
+    );
+    assert!(f.log.wait_for_nth("worker removed", 2, WAIT).is_some());
+    let (code, out, _) = ctl(&sock, &["--json", "status"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        status["status"]["workers"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    // By hand, within the same bounds.
+    let (code, _, err) = ctl(&sock, &["scale", "4"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("between 1 and 3"), "{err}");
+    let (code, out, err) = ctl(&sock, &["scale", "+1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(f
+        .log
+        .wait_for("ferry ctl scale: adding a worker", WAIT)
+        .is_some());
 }

@@ -509,3 +509,19 @@ pub fn open_streams(
         })
         .collect()
 }
+
+/// `ferry ctl ARGS` against the socket at `socket`: (exit code, stdout, stderr).
+pub fn ctl(socket: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin("ferry"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run ferry ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

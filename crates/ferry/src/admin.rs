@@ -246,7 +246,7 @@ pub fn metrics(s: &Status) -> String {
     );
 
     let workers = Family::<StateLabel, Gauge>::default();
-    for state in ["ready", "draining", "stopping"] {
+    for state in ["ready", "spare", "draining", "stopping"] {
         let n = s.workers.iter().filter(|w| w.state == state).count();
         workers.get_or_create(&StateLabel { state }).set(n as i64);
     }
@@ -389,6 +389,7 @@ mod tests {
             "ferry_workers{state=\"ready\"} 1",
             "ferry_workers{state=\"draining\"} 1",
             "ferry_workers{state=\"stopping\"} 0",
+            "ferry_workers{state=\"spare\"} 0",
             "ferry_worker_in_flight{slot=\"0\",pid=\"100\"} 3",
             "ferry_worker_served_total{slot=\"0\",pid=\"100\"} 40",
             "ferry_worker_resident_memory_bytes{slot=\"0\",pid=\"100\"} 4096",

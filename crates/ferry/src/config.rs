@@ -28,6 +28,27 @@ pub struct Config {
     #[arg(long, env = "FERRY_WORKERS", value_parser = clap::value_parser!(u32).range(1..))]
     pub workers: Option<u32>,
 
+    /// A pool that sizes itself: with --max-workers, the pool grows by one worker
+    /// when a request has waited --scale-up-after for one, up to this many, and
+    /// shrinks by one when a worker has been idle --idle-timeout, down to
+    /// --min-workers. It starts at --workers if given, else at --min-workers.
+    #[arg(long, env = "FERRY_MAX_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_workers: Option<u32>,
+
+    /// The fewest workers a self-sizing pool (--max-workers) keeps.
+    #[arg(long, env = "FERRY_MIN_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub min_workers: u32,
+
+    /// With --max-workers: how long a request may wait in the queue before the
+    /// pool grows by a worker (at most one worker per this interval).
+    #[arg(long, env = "FERRY_SCALE_UP_AFTER", default_value = "10ms", value_parser = duration)]
+    pub scale_up_after: Duration,
+
+    /// With --max-workers: a worker idle this long makes the pool shrink by one
+    /// (checked every quarter of it, at most once a second).
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub idle_timeout: Duration,
+
     /// Threads of the master's own runtime (HTTP parsing and dispatch) [default: 1].
     /// Workers do the application's work; one master thread serves tens of
     /// thousands of requests a second, and more threads add cross-thread wake-ups.
@@ -221,9 +242,28 @@ impl Config {
             ("--body-read-timeout", self.body_read_timeout),
             ("--send-timeout", self.send_timeout),
             ("--start-timeout", self.start_timeout),
+            ("--scale-up-after", self.scale_up_after),
+            ("--idle-timeout", self.idle_timeout),
         ];
         if let Some((name, _)) = must_not_be_zero.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("{name} must be longer than 0"));
+        }
+        if let Some(max) = self.max_workers {
+            if self.min_workers > max {
+                return Err(format!(
+                    "--min-workers ({}) must not be above --max-workers ({max})",
+                    self.min_workers
+                ));
+            }
+            if let Some(n) = self
+                .workers
+                .filter(|n| !(self.min_workers..=max).contains(n))
+            {
+                return Err(format!(
+                    "--workers {n} is outside --min-workers {} and --max-workers {max}",
+                    self.min_workers
+                ));
+            }
         }
         if self.heartbeat_interval >= self.heartbeat_timeout {
             return Err(format!(
@@ -258,15 +298,28 @@ impl Config {
     pub fn spare_workers(&self) -> usize {
         match self.spare_workers {
             Some(n) => n as usize,
-            None if self.max_requests > 0 => self.workers(),
+            None if self.max_requests > 0 => self.pool_bounds().1.min(self.workers().max(1)),
             None => 0,
         }
     }
 
+    /// The pool's size at start.
     pub fn workers(&self) -> usize {
-        self.workers
-            .map(|n| n as usize)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        match (self.workers, self.max_workers) {
+            (Some(n), _) => n as usize,
+            (None, Some(_)) => self.min_workers as usize,
+            (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    /// The pool's size bounds, and whether it sizes itself (`--max-workers`): a
+    /// fixed pool may still be scaled by hand (`ferry ctl scale`, SIGTTIN/SIGTTOU)
+    /// between 1 and 1024.
+    pub fn pool_bounds(&self) -> (usize, usize, bool) {
+        match self.max_workers {
+            Some(max) => (self.min_workers as usize, max as usize, true),
+            None => (1, 1024, false),
+        }
     }
 }
 

@@ -29,10 +29,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::ctx::Ctx;
-use crate::slots::{Slots, MIN_WORKERS};
-
-/// The most workers `scale` may ask for.
-pub const MAX_WORKERS: usize = 1024;
+use crate::slots::Slots;
 
 /// Longest request line read; a longer one is an error, and the connection closes.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -269,17 +266,18 @@ async fn answer(
                     return json!({"ok": false, "error": "scale takes one of \"to\": N or \"by\": +N/-N"})
                 }
             };
-            let (min, max) = (MIN_WORKERS as i64, MAX_WORKERS as i64);
+            let (min, max) = slots.bounds();
+            let (min, max) = (min as i64, max as i64);
             if !(min..=max).contains(&target) {
                 return json!({"ok": false, "error": format!("the pool must have between {min} and {max} workers; asked for {target}")});
             }
             let target = target as usize;
             tracing::info!("control socket: scaling from {now} to {target} worker(s)");
             for _ in now..target {
-                slots.grow();
+                slots.grow("ferry ctl scale");
             }
             for _ in target..now {
-                slots.shrink();
+                slots.shrink("ferry ctl scale");
             }
             json!({"ok": true, "workers": target, "was": now})
         }

@@ -59,6 +59,19 @@ pub enum Event {
     QueueFull {
         waiting: usize,
     },
+    /// The pool's size changed: `why` is what asked (SIGTTIN, ferry ctl scale, the
+    /// queue, idleness).
+    Scaled {
+        from: usize,
+        to: usize,
+        why: String,
+    },
+    /// A worker asked to retire (`Goodbye` before `Drain`).
+    Retiring {
+        slot: usize,
+        pid: u32,
+        reason: String,
+    },
 }
 
 /// An event with the time it happened.

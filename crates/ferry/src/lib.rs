@@ -42,6 +42,8 @@ pub mod slot;
 
 pub mod slots;
 
+pub mod scaler;
+
 // Holding it together.
 pub mod master;
 

@@ -111,7 +111,10 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
     }
 
     // Raised before any worker starts, so that all of them start alike.
-    let max_connections = connection_cap(&ctx.config, workers);
+    // Each worker the pool may grow to, and each spare, holds descriptors too.
+    let (_, most, sizes_itself) = ctx.config.pool_bounds();
+    let processes = if sizes_itself { most } else { workers } + ctx.config.spare_workers();
+    let max_connections = connection_cap(&ctx.config, processes);
     let slots = Slots::new(ctx.clone());
     let boots: Vec<_> = (0..workers).map(|_| slots.add().1).collect();
     for booted in boots {
@@ -165,6 +168,9 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
     }
     let reload = Arc::new(Notify::new());
     tokio::spawn(reload_loop(reload.clone(), slots.clone()));
+    if sizes_itself {
+        tokio::spawn(crate::scaler::run(ctx.clone(), slots.clone()));
+    }
 
     let graceful = loop {
         tokio::select! {
@@ -173,14 +179,14 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
                 // A reload already running is followed by exactly one more.
                 reload.notify_one();
             }
-            _ = ttin.recv() => slots.grow(),
+            _ = ttin.recv() => { slots.grow("SIGTTIN"); }
             _ = usr1.recv() => {
                 if let Some(log) = &ctx.access_log {
                     tracing::info!("SIGUSR1: reopening the access log");
                     log.reopen();
                 }
             }
-            _ = ttou.recv() => slots.shrink(),
+            _ = ttou.recv() => { slots.shrink("SIGTTOU"); }
             _ = term.recv() => break true,
             _ = int.recv() => break true,
             _ = quit.recv() => break false,

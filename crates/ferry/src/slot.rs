@@ -95,7 +95,9 @@ async fn watch(inst: &mut Option<Instance>) -> Happened {
 }
 
 /// The start under way, in `starting`, finished; forever if none is.
-async fn started(starting: &mut Option<JoinHandle<Result<Live, StartError>>>) -> Result<Live, StartError> {
+async fn started(
+    starting: &mut Option<JoinHandle<Result<Live, StartError>>>,
+) -> Result<Live, StartError> {
     let Some(task) = starting.as_mut() else {
         return std::future::pending().await;
     };
@@ -372,7 +374,12 @@ fn promote(
     let old = current.replace(spare);
     if let Some(mut old) = old {
         let old_pid = old.pid;
-        tracing::info!(worker = index, pid = old_pid, new = new_pid, "{why}; the spare takes over");
+        tracing::info!(
+            worker = index,
+            pid = old_pid,
+            new = new_pid,
+            "{why}; the spare takes over"
+        );
         ctx.events.emit(|| Event::Recycling {
             slot: index,
             pid: old_pid,
@@ -382,7 +389,12 @@ fn promote(
         let ctx2 = ctx.clone();
         ctx.drains.spawn(async move {
             let _ = (&mut old.done).await;
-            tracing::info!(worker = index, old = old_pid, new = new_pid, "worker replaced");
+            tracing::info!(
+                worker = index,
+                old = old_pid,
+                new = new_pid,
+                "worker replaced"
+            );
             ctx2.events.emit(|| Event::Replaced {
                 slot: index,
                 old: old_pid,

@@ -1,6 +1,7 @@
 //! The set of slots, and so the pool's size: start the first ones, grow and shrink
-//! it while serving (SIGTTIN adds a worker, SIGTTOU drains the last slot's worker
-//! away, as in Gunicorn), reload every slot in turn (SIGHUP) and stop them all
+//! it while serving, within its bounds (SIGTTIN adds a worker, SIGTTOU drains the
+//! last slot's worker away, as in Gunicorn; `ferry ctl scale` and `scaler.rs` do
+//! the same), reload every slot in turn (SIGHUP) and stop them all
 //! (shutdown, which also waits for workers still draining after a SIGTTOU).
 //!
 //! Slot indexes stay dense, `0..len`: a slot added takes the first index free (that
@@ -12,12 +13,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::ctx::Ctx;
+use crate::events::Event;
 use crate::slot::{Reloaded, Trigger};
 use crate::sync::lock;
 use crate::worker::StartError;
-
-/// The pool never shrinks below this many workers.
-pub const MIN_WORKERS: usize = 1;
 
 #[derive(Clone)]
 pub struct Slots {
@@ -80,10 +79,28 @@ impl Slots {
         (index, to_slot, booted)
     }
 
-    /// SIGTTIN: one more worker, ready before it takes requests like any other.
-    pub fn grow(&self) {
+    /// The fewest and the most slots there may be (`Config::pool_bounds`).
+    pub fn bounds(&self) -> (usize, usize) {
+        let (min, max, _) = self.ctx.config.pool_bounds();
+        (min, max)
+    }
+
+    /// One more worker, ready before it takes requests like any other, unless the
+    /// pool is at its maximum; `why` is for the log (SIGTTIN, ctl, the queue).
+    pub fn grow(&self, why: &str) -> bool {
+        let max = self.bounds().1;
+        if self.len() >= max {
+            tracing::warn!("{why}: the pool is at its maximum of {max} worker(s)");
+            return false;
+        }
+        let from = self.len();
         let (index, slot, booted) = self.add_slot();
-        tracing::info!(worker = index, "SIGTTIN: adding a worker");
+        tracing::info!(worker = index, "{why}: adding a worker");
+        self.ctx.events.emit(|| Event::Scaled {
+            from,
+            to: from + 1,
+            why: why.to_string(),
+        });
         let slots = self.clone();
         tokio::spawn(async move {
             let failure = match booted.await {
@@ -94,24 +111,32 @@ impl Slots {
             tracing::error!(worker = index, "could not add a worker: {failure}");
             slots.forget(index, &slot);
         });
+        true
     }
 
-    /// SIGTTOU: the last slot's worker drains and goes (never below [`MIN_WORKERS`]).
-    pub fn shrink(&self) {
+    /// The last slot's worker drains and goes, unless the pool is at its minimum;
+    /// `why` is for the log (SIGTTOU, ctl, idleness).
+    pub fn shrink(&self, why: &str) -> bool {
+        let min = self.bounds().0;
         let (index, slot) = {
             let mut list = lock(&self.list);
             // Slots whose first start failed have ended already.
             while list.last().is_some_and(|s| s.is_closed()) {
                 list.pop();
             }
-            if list.len() <= MIN_WORKERS {
-                tracing::warn!("SIGTTOU: the pool is at its minimum of {MIN_WORKERS} worker(s)");
-                return;
+            if list.len() <= min {
+                tracing::warn!("{why}: the pool is at its minimum of {min} worker(s)");
+                return false;
             }
             let slot = list.pop().expect("more than the minimum");
             (list.len(), slot)
         };
-        tracing::info!(worker = index, "SIGTTOU: draining and removing a worker");
+        tracing::info!(worker = index, "{why}: draining and removing a worker");
+        self.ctx.events.emit(|| Event::Scaled {
+            from: index + 1,
+            to: index,
+            why: why.to_string(),
+        });
         let (ack, acked) = oneshot::channel();
         if slot.send(Trigger::Stop(ack)).is_ok() {
             let gone = tokio::spawn(async move {
@@ -122,6 +147,7 @@ impl Slots {
             removing.retain(|r| !r.is_finished());
             removing.push(gone);
         }
+        true
     }
 
     /// Drops `slot`, whose first start failed (so it has ended), from the list if it

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::config::Balance;
@@ -24,6 +24,8 @@ pub struct Pool<W> {
     balance: Balance,
     queue_size: usize,
     queue_timeout: Duration,
+    /// Woken each time a request joins the queue (for the pool's sizing).
+    pub queued: tokio::sync::Notify,
 }
 
 struct State<W> {
@@ -31,13 +33,16 @@ struct State<W> {
     ready: Vec<Ready<W>>,
     /// Where the round-robin scan starts next.
     cursor: usize,
-    waiters: VecDeque<oneshot::Sender<Lease<W>>>,
+    /// Each with the time it joined the queue.
+    waiters: VecDeque<(Instant, oneshot::Sender<Lease<W>>)>,
 }
 
 struct Ready<W> {
     channel: Arc<W>,
     in_flight: usize,
     limit: usize,
+    /// Since when it has had nothing in flight.
+    idle_since: Option<Instant>,
 }
 
 /// Why no worker slot was had.
@@ -82,6 +87,7 @@ impl<W> Pool<W> {
             balance,
             queue_size,
             queue_timeout,
+            queued: tokio::sync::Notify::new(),
         })
     }
 
@@ -93,6 +99,7 @@ impl<W> Pool<W> {
             channel: channel.clone(),
             in_flight: 0,
             limit,
+            idle_since: Some(Instant::now()),
         });
         let at = st.ready.len() - 1;
         self.serve_waiters(&mut st, at);
@@ -101,7 +108,24 @@ impl<W> Pool<W> {
     /// Requests waiting in the queue for a free worker slot.
     pub fn waiting(&self) -> usize {
         let st = lock(&self.state);
-        st.waiters.iter().filter(|w| !w.is_closed()).count()
+        st.waiters.iter().filter(|(_, w)| !w.is_closed()).count()
+    }
+
+    /// How long the oldest request still waiting has waited.
+    pub fn oldest_wait(&self) -> Option<Duration> {
+        let st = lock(&self.state);
+        let oldest = st.waiters.iter().find(|(_, w)| !w.is_closed());
+        oldest.map(|(since, _)| since.elapsed())
+    }
+
+    /// How long the worker idle the longest (nothing in flight) has been.
+    pub fn longest_idle(&self) -> Option<Duration> {
+        let st = lock(&self.state);
+        st.ready
+            .iter()
+            .filter_map(|r| r.idle_since)
+            .min()
+            .map(|t| t.elapsed())
     }
 
     /// Workers in the pool, taking requests.
@@ -136,13 +160,14 @@ impl<W> Pool<W> {
             if st.waiters.len() >= self.queue_size {
                 // Waiters that timed out leave their (closed) entry behind: they must
                 // not count against the queue.
-                st.waiters.retain(|w| !w.is_closed());
+                st.waiters.retain(|(_, w)| !w.is_closed());
             }
             if st.waiters.len() >= self.queue_size {
                 return Err(NoSlot::QueueFull);
             }
             let (tx, rx) = oneshot::channel();
-            st.waiters.push_back(tx);
+            st.waiters.push_back((Instant::now(), tx));
+            self.queued.notify_one();
             rx
         };
         match tokio::time::timeout(self.queue_timeout, rx).await {
@@ -168,6 +193,7 @@ impl<W> Pool<W> {
 
     fn lease(self: &Arc<Self>, st: &mut State<W>, i: usize) -> Lease<W> {
         st.ready[i].in_flight += 1;
+        st.ready[i].idle_since = None;
         st.cursor = (i + 1) % st.ready.len();
         Lease {
             pool: self.clone(),
@@ -186,13 +212,16 @@ impl<W> Pool<W> {
         {
             st.ready[i].in_flight -= 1;
             self.serve_waiters(&mut st, i);
+            if st.ready[i].in_flight == 0 {
+                st.ready[i].idle_since = Some(Instant::now());
+            }
         }
     }
 
     /// Hands free slots of worker `i` to waiters, oldest first.
     fn serve_waiters(self: &Arc<Self>, st: &mut State<W>, i: usize) {
         while st.ready[i].in_flight < st.ready[i].limit {
-            let Some(waiter) = st.waiters.pop_front() else {
+            let Some((_, waiter)) = st.waiters.pop_front() else {
                 return;
             };
             if waiter.is_closed() {
@@ -204,6 +233,9 @@ impl<W> Pool<W> {
                 // `release` would take the lock we hold.
                 st.ready[i].in_flight -= 1;
                 lease.armed = false;
+                if st.ready[i].in_flight == 0 {
+                    st.ready[i].idle_since = Some(Instant::now());
+                }
             }
         }
     }
