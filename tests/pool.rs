@@ -175,3 +175,62 @@ async fn a_self_sizing_pool_grows_under_a_burst_and_shrinks_back_when_idle() {
         .wait_for("ferry ctl scale: adding a worker", WAIT)
         .is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_that_retire_under_load_lose_no_request() {
+    // No retries of idempotent requests: what is sent after a Goodbye must come back
+    // by the retirement's own rule (never run, so sent elsewhere), for POSTs too.
+    let f = Ferry::testbed(&[
+        "--workers",
+        "2",
+        "--retry-idempotent",
+        "false",
+        "--spare-workers",
+        "0",
+    ]);
+    let mut tasks = Vec::new();
+    for client in 0..8 {
+        let addr = f.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await;
+            let mut bad = Vec::new();
+            for i in 0..150 {
+                let r = if (client + i) % 50 == 0 {
+                    conn.get("/retire").await
+                } else if i % 3 == 0 {
+                    conn.send(
+                        http::Request::post(format!("http://{addr}/echo"))
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                b"kept",
+                            )))
+                            .unwrap(),
+                    )
+                    .await
+                } else {
+                    conn.get("/pid").await
+                };
+                if r.status != StatusCode::OK {
+                    bad.push(r.status);
+                }
+            }
+            bad
+        }));
+    }
+    for t in tasks {
+        let bad = t.await.unwrap();
+        assert!(
+            bad.is_empty(),
+            "failed during retirements: {bad:?}\n{}",
+            f.log.text()
+        );
+    }
+    let log = f.log.text();
+    let retired = log.matches("worker says goodbye: retired").count();
+    assert!(retired >= 10, "workers retired: {retired}\n{log}");
+    // Replaced as recycled workers are, not restarted after a crash backoff.
+    assert!(!log.contains("restarting in"), "{log}");
+    assert!(
+        log.contains("recycling worker: it retires (retired)"),
+        "{log}"
+    );
+}

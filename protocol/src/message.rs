@@ -111,11 +111,16 @@ pub struct Pong {
     pub in_flight: u32,
 }
 
-/// The worker is exiting on its own, and says why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The worker is exiting on its own, and says why. With `last_id` (the long form,
+/// sent before any `Drain`) it *retires*: it runs the requests it was sent up to
+/// that id, and none after it, which the master gives to other workers; then it
+/// exits. Without it (the short form: after `Drain`, or from a worker that
+/// predates retiring) it sends nothing more.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Goodbye {
-    #[serde(deserialize_with = "crate::wire::text")]
     pub reason: String,
+    /// The last request the worker accepted.
+    pub last_id: Option<u64>,
 }
 
 // ---------------------------------------------------------------- master -> worker

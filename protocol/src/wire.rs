@@ -87,7 +87,12 @@ pub(crate) fn put_worker(msg: &WorkerMsg, dst: &mut BytesMut) {
         WorkerMsg::Credit(m) => put(dst, tag::W_CREDIT, m),
         WorkerMsg::Failed(m) => put(dst, tag::FAILED, m),
         WorkerMsg::Pong(m) => put(dst, tag::PONG, m),
-        WorkerMsg::Goodbye(m) => put(dst, tag::GOODBYE, m),
+        WorkerMsg::Goodbye(m) => {
+            put(dst, tag::GOODBYE, &m.reason);
+            if let Some(id) = m.last_id {
+                dst.put_u64(id);
+            }
+        }
     }
 }
 
@@ -134,8 +139,35 @@ pub(crate) fn worker(payload: Bytes) -> Result<WorkerMsg, ProtocolError> {
         tag::W_CREDIT => WorkerMsg::Credit(fields_of(fields, "Credit")?),
         tag::FAILED => WorkerMsg::Failed(fields_of(fields, "RequestFailed")?),
         tag::PONG => WorkerMsg::Pong(fields_of(fields, "Pong")?),
-        tag::GOODBYE => WorkerMsg::Goodbye(fields_of(fields, "Goodbye")?),
+        tag::GOODBYE => WorkerMsg::Goodbye(goodbye(fields)?),
         tag => return Err(ProtocolError::UnknownMessage { tag }),
+    })
+}
+
+/// `Goodbye`'s one required field.
+#[derive(Deserialize)]
+struct Reason {
+    #[serde(deserialize_with = "text")]
+    reason: String,
+}
+
+/// `Goodbye` is its reason, then, in the long form, the last accepted id. The two
+/// cannot be confused: the reason's length prefix says where it ends.
+fn goodbye(fields: &[u8]) -> Result<Goodbye, ProtocolError> {
+    if let Some(at) = fields.len().checked_sub(8) {
+        let (reason, id) = fields.split_at(at);
+        if let Ok(Reason { reason }) = fields_of(reason, "Goodbye") {
+            let id = u64::from_be_bytes(id.try_into().expect("eight bytes"));
+            return Ok(Goodbye {
+                reason,
+                last_id: Some(id),
+            });
+        }
+    }
+    let Reason { reason } = fields_of(fields, "Goodbye")?;
+    Ok(Goodbye {
+        reason,
+        last_id: None,
     })
 }
 

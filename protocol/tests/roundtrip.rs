@@ -67,7 +67,8 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
             .prop_map(|(id, reason)| WorkerMsg::Failed(RequestFailed { id, reason })),
         (any::<u64>(), any::<u32>())
             .prop_map(|(nonce, in_flight)| WorkerMsg::Pong(Pong { nonce, in_flight })),
-        ".*".prop_map(|reason| WorkerMsg::Goodbye(Goodbye { reason })),
+        (".*", proptest::option::of(any::<u64>()))
+            .prop_map(|(reason, last_id)| WorkerMsg::Goodbye(Goodbye { reason, last_id })),
     ]
 }
 

@@ -4,7 +4,8 @@
 //! `ferry-testbed --direct ADDR [--threads N]` serves the same routes straight over
 //! HTTP, without ferry (the benchmark's ceiling).
 //!
-//! Routes: `GET /` hello; `/pid`; `POST /echo` (body back, streamed, same
+//! Routes: `GET /` hello; `/pid`; `/retire` (asks the master to retire this worker,
+//! answers with its pid); `POST /echo` (body back, streamed, same
 //! content-type); `/sleep?ms=N` (async wait); `/spin?ms=N` (blocks the thread);
 //! `/crash` (abort mid-request); `/panic`; `/exit?code=N`; `/stream?bytes=N`
 //! (chunked body of N bytes, in chunks of `&chunk=C` bytes, `&every=MS` apart; with
@@ -116,6 +117,10 @@ async fn route(req: Request<Body>) -> Response<Body> {
     match (method.as_str(), path.as_str()) {
         ("GET" | "HEAD", "/") => text("Hello, world!\n"),
         ("GET", "/pid") => text(format!("{}\n", std::process::id())),
+        ("GET", "/retire") => {
+            ferry_worker::retire();
+            text(format!("{} retires\n", std::process::id()))
+        }
         ("POST" | "PUT", "/echo") => {
             let mut resp = Response::new(Body::empty());
             if let Some(ct) = req.headers().get(http::header::CONTENT_TYPE) {

@@ -64,6 +64,25 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
+/// Asks the master to retire this worker: it is sent no new requests, those it has
+/// finish, and then it exits (status 0), while the master starts its replacement.
+/// Requests already on their way when the master heard it run on another worker,
+/// never here and never lost. For a worker that knows it should go: it has grown
+/// too big, holds a resource gone stale, or served its share
+/// (RoadRunner's StopRequest). Safe to call from any thread, more than once.
+///
+/// ```no_run
+/// # async fn handler(_: ferry_worker::Request<ferry_worker::Body>) -> ferry_worker::Response<ferry_worker::Body> {
+/// if too_big() {
+///     ferry_worker::retire();
+/// }
+/// # unimplemented!() }
+/// # fn too_big() -> bool { false }
+/// ```
+pub fn retire() {
+    session::RETIRE.notify_one();
+}
+
 /// Facts about a request that are not part of HTTP: found in the request's extensions.
 ///
 /// ```

@@ -28,6 +28,9 @@ use crate::{RequestInfo, Worker};
 /// Largest data carried by one body chunk frame.
 const CHUNK_MAX: usize = 64 * 1024;
 
+/// Woken by [`crate::retire`]; holds its permit until the session takes it.
+pub(crate) static RETIRE: Notify = Notify::const_new();
+
 /// Why a session ended without error.
 pub(crate) enum End {
     Drained,
@@ -107,9 +110,23 @@ where
     };
 
     let mut draining = false;
+    // Set once this worker said its retiring Goodbye: requests past it are not run.
+    let mut retired: Option<u64> = None;
+    let mut last_id = 0;
     let end = loop {
         let frame = tokio::select! {
             frame = reader.next() => frame,
+            () = RETIRE.notified(), if retired.is_none() => {
+                // Goodbye says which requests we took; the master gives any later ones
+                // (in transit now) to another worker. We finish ours and exit.
+                outbox.send(WorkerMsg::Goodbye(Goodbye {
+                    reason: "retired".into(),
+                    last_id: Some(last_id),
+                }));
+                retired = Some(last_id);
+                draining = true;
+                if shared.requests.lock().unwrap().is_empty() { break End::Drained } else { continue }
+            }
             _ = shared.idle.notified(), if draining => {
                 if shared.requests.lock().unwrap().is_empty() { break End::Drained } else { continue }
             }
@@ -131,7 +148,13 @@ where
             Some(Ok(msg)) => msg,
         };
         match msg {
-            MasterMsg::RequestHead(head) => start_request(head, &svc, &outbox, &limits),
+            // Sent before the master read our Goodbye: it runs elsewhere. (Its body
+            // chunks, if any, find no request here and are dropped.)
+            MasterMsg::RequestHead(head) if retired.is_some_and(|last| head.id > last) => {}
+            MasterMsg::RequestHead(head) => {
+                last_id = head.id;
+                start_request(head, &svc, &outbox, &limits)
+            }
             MasterMsg::BodyChunk(c) => {
                 if let Some(tx) = shared
                     .requests
@@ -191,8 +214,10 @@ where
         }
     };
 
-    if matches!(end, End::Drained) {
+    // A retired worker said its Goodbye already.
+    if matches!(end, End::Drained) && retired.is_none() {
         outbox.send(WorkerMsg::Goodbye(Goodbye {
+            last_id: None,
             reason: "drained".into(),
         }));
     } else {

@@ -101,11 +101,15 @@ async fn answer(
     };
     // A request can be replayed on another worker only if its body is not a stream
     // we have already begun to consume.
-    let retryable = cfg.retry_idempotent && streamed.is_none() && idempotent(&parts.method);
+    let replayable = streamed.is_none();
+    let retryable = cfg.retry_idempotent && replayable && idempotent(&parts.method);
     let path = parts.uri.path();
 
     let mut avoid: Option<Arc<Channel>> = None;
     let mut attempts = 0;
+    // Requests refused by retiring workers: each retirement starts a new worker, so
+    // this bounds only a pathological run of them.
+    let mut refusals = 0;
     loop {
         let lease = match ctx.pool.acquire_avoiding(avoid.as_ref()).await {
             Ok(l) => l,
@@ -215,6 +219,15 @@ async fn answer(
                     "the worker did not answer in time\n",
                 );
             }
+            // Never run: safe to send anywhere, whatever the method.
+            Lost::Refused if replayable && refusals < MAX_REFUSALS => {
+                refusals += 1;
+                attempts -= 1;
+                avoid = Some(channel);
+            }
+            Lost::Refused => {
+                return unavailable("the worker retired before it took the request\n");
+            }
             Lost::WorkerGone if retryable && attempts < 2 => {
                 tracing::info!(
                     "retrying {} {path} on another worker: worker {} died",
@@ -243,6 +256,9 @@ async fn answer(
         }
     }
 }
+
+/// How many retiring workers may refuse one request before it gets 503.
+const MAX_REFUSALS: u32 = 8;
 
 /// What a request's head frame is made of, borrowed from hyper's request: encoding
 /// copies each header once, into the frame, with no buffer per header on the way.

@@ -303,6 +303,7 @@ async fn supervise(
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce = 0u64;
     let mut exhausted = false;
+    let mut retiring = false;
     let mut drain_deadline: Option<Instant> = None;
     let mut next_check = started + RECHECK;
 
@@ -325,7 +326,15 @@ async fn supervise(
             }
             // A write to the worker failed: what we queue goes nowhere from now on, so
             // its requests fail at once instead of waiting for their timeouts.
-            _ = &mut writer => break End::WriterFailed,
+            // (A worker that retired and exited fails our writes, its Goodbye unread:
+            // routed first, it sends the requests written after it elsewhere.)
+            _ = &mut writer => {
+                ctx.pool.remove(&channel);
+                if let Err(v) = read_what_is_left(&channel, &mut reader).await {
+                    break End::Violation(v.0);
+                }
+                break if channel.goodbye().is_some() { End::Exited } else { End::WriterFailed };
+            }
             Some(order) = control.recv(), if drain_deadline.is_none() => match order {
                 Control::Serve => {
                     if channel.state() == channel::State::Spare {
@@ -341,6 +350,16 @@ async fn supervise(
                     tracing::info!(worker = index, pid, in_flight = channel.describe_in_flight().len(), "draining worker");
                 }
             },
+            // It retires on its own (Goodbye before Drain): out of the pool, replaced like
+            // a recycled worker (no crash backoff); it exits once its requests are done.
+            () = channel.said_goodbye.notified(), if drain_deadline.is_none() && !retiring => {
+                ctx.pool.remove(&channel);
+                channel.set_state(channel::State::Draining);
+                retiring = true;
+                let reason = channel.goodbye().unwrap_or_default();
+                ctx.events.emit(|| Event::Retiring { slot: index, pid, reason: reason.clone() });
+                let _ = recycle.send(RecycleMe { why: format!("it retires ({reason})") });
+            }
             // Given its last request (`--max-requests`): out of the pool at once, so it
             // serves exactly its limit, and replaced.
             () = channel.exhausted.notified(), if drain_deadline.is_none() => {
@@ -377,7 +396,9 @@ async fn supervise(
                 // Checked again and again, not once: a replacement that failed to start
                 // left this worker in its slot, still due for recycling.
                 next_check = Instant::now() + RECHECK;
-                let why = if exhausted {
+                let why = if retiring {
+                    Some("it retires (asking again)".to_string())
+                } else if exhausted {
                     Some(format!("it was given its {} requests (asking again)", channel.dispatched()))
                 } else {
                     match (cfg.max_memory, cfg.max_memory.and_then(|_| rss_of(pid))) {
@@ -435,12 +456,15 @@ async fn supervise(
     let uptime = started.elapsed();
     let served = channel.served();
     ctx.stats.worker_gone(&channel);
+    // It may have exited before this loop saw its Goodbye.
+    let retiring = retiring || channel.goodbye().is_some();
     let reason = match &end {
         End::Violation(_) => "violation",
         End::WriterFailed => "channel_broken",
         End::DrainTimeout => "drain_timeout",
         End::Stuck(_) => "stuck",
         _ if drain_deadline.is_some() => "drained",
+        _ if retiring => "retired",
         _ => "exited",
     };
     ctx.events.emit(|| Event::WorkerExited {
@@ -478,7 +502,7 @@ async fn supervise(
             cfg.graceful_timeout,
             held.len()
         ),
-        _ if drain_deadline.is_some() => tracing::info!(
+        _ if drain_deadline.is_some() || retiring => tracing::info!(
             worker = index,
             pid,
             ?uptime,

@@ -91,6 +91,14 @@ pub fn worker_samples() -> Vec<(&'static str, WorkerMsg)> {
             "w08_goodbye",
             WorkerMsg::Goodbye(Goodbye {
                 reason: "max requests".into(),
+                last_id: None,
+            }),
+        ),
+        (
+            "w08_goodbye_retire",
+            WorkerMsg::Goodbye(Goodbye {
+                reason: "retired".into(),
+                last_id: Some(7),
             }),
         ),
     ]

@@ -42,6 +42,9 @@ pub struct Channel {
     state: AtomicU8,
     /// Woken when the worker was given the last request of its `--max-requests`.
     pub exhausted: tokio::sync::Notify,
+    /// Woken when the worker said `Goodbye`, whose reason is kept in `goodbye`.
+    pub said_goodbye: tokio::sync::Notify,
+    goodbye: Mutex<Option<String>>,
 }
 
 /// Where a worker is in its life after the handshake, as the admin endpoint shows it.
@@ -97,6 +100,8 @@ impl Channel {
             started: Instant::now(),
             state: AtomicU8::new(State::Ready as u8),
             exhausted: tokio::sync::Notify::new(),
+            said_goodbye: tokio::sync::Notify::new(),
+            goodbye: Mutex::new(None),
         })
     }
 
@@ -288,6 +293,11 @@ impl Channel {
         lock(&self.table).overdue_cancel(grace)
     }
 
+    /// The reason of the worker's `Goodbye`, once it said one.
+    pub fn goodbye(&self) -> Option<String> {
+        lock(&self.goodbye).clone()
+    }
+
     /// Requests the worker was given so far.
     pub fn dispatched(&self) -> u64 {
         lock(&self.table).dispatched()
@@ -312,6 +322,21 @@ impl Channel {
                     "worker says goodbye: {}",
                     g.reason
                 );
+                let refused = lock(&self.table).retire(g.last_id)?;
+                if !refused.is_empty() {
+                    tracing::info!(
+                        worker = self.index,
+                        pid = self.pid,
+                        "{} request(s) sent after its Goodbye go to other workers",
+                        refused.len()
+                    );
+                }
+                // Outside the table's lock: the leases take the pool's.
+                for e in refused {
+                    e.refuse();
+                }
+                *lock(&self.goodbye) = Some(g.reason);
+                self.said_goodbye.notify_one();
                 Ok(())
             }
             WorkerMsg::Hello(_) => Err(Violation("a second Hello".into())),

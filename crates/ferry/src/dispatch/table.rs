@@ -58,6 +58,9 @@ pub enum Lost {
     WorkerGone,
     /// No response head within `--request-timeout` ([`Table::expire_heads`]).
     TimedOut,
+    /// The worker retired before it read the request, and did not run it: another
+    /// worker may, whatever the method ([`Table::retire`]).
+    Refused,
 }
 
 /// Why a request was not put in flight.
@@ -139,6 +142,14 @@ impl<L> Entry<L> {
             let _ = head.send(Err(Lost::WorkerGone));
         } else if let Some(body) = &self.body {
             let _ = body.send(Piece::Failed("the worker died mid-response".into()));
+        }
+        self.close();
+    }
+
+    /// Ends the entry because its worker retired before it read the request.
+    pub fn refuse(mut self) {
+        if let Some(head) = self.head.take() {
+            let _ = head.send(Err(Lost::Refused));
         }
         self.close();
     }
@@ -252,6 +263,39 @@ impl<L> Table<L> {
     /// No request is registered from now on: `Drain` is being queued.
     pub fn start_drain(&mut self) {
         self.draining = true;
+    }
+
+    /// The worker retires (`Goodbye`): no request is registered from now on, and
+    /// with `last_id` (the last it accepted), those sent after it are taken out, for
+    /// the caller to refuse ([`Entry::refuse`]) outside its lock.
+    pub fn retire(&mut self, last_id: Option<u64>) -> Result<Vec<Entry<L>>, Violation> {
+        self.draining = true;
+        let Some(last) = last_id else {
+            return Ok(Vec::new());
+        };
+        if last > self.next_id {
+            return Err(Violation(format!(
+                "its Goodbye accepts requests up to {last}, but it was sent only {}",
+                self.next_id
+            )));
+        }
+        let later: Vec<u64> = self
+            .entries
+            .keys()
+            .copied()
+            .filter(|&id| id > last)
+            .collect();
+        let mut refused = Vec::with_capacity(later.len());
+        for id in later {
+            let e = self.entries.remove(&id).expect("listed");
+            if e.head.is_none() {
+                return Err(Violation(format!(
+                    "it answered request {id}, then said in its Goodbye it never took it"
+                )));
+            }
+            refused.push(e);
+        }
+        Ok(refused)
     }
 
     /// Marks request `id` cancelled; true if a `Cancel` should be sent (the first time).

@@ -142,3 +142,36 @@ fn a_stream_is_stalled_only_with_bytes_waiting_and_no_progress() {
     assert!(t.stalled(Duration::ZERO).is_empty(), "cancelled once");
     assert!(t.overdue_cancel(Duration::from_secs(60)).is_none());
 }
+
+#[test]
+fn a_retiring_goodbye_refuses_what_was_sent_after_it_and_closes_the_table() {
+    let mut t: Table<()> = Table::default();
+    let mut xs: Vec<Exchange> = (0..3)
+        .map(|_| {
+            let uri = http::Uri::from_static("/");
+            t.register::<()>((), &http::Method::POST, &uri, None, |_| Ok(Bytes::new()))
+                .unwrap()
+                .0
+        })
+        .collect();
+    // It claims a request it was never sent: a violation.
+    assert!(Table::<()>::default().retire(Some(1)).is_err());
+    let refused = t.retire(Some(1)).unwrap();
+    assert_eq!(refused.len(), 2);
+    refused.into_iter().for_each(Entry::refuse);
+    assert!(matches!(xs[1].head.try_recv(), Ok(Err(Lost::Refused))));
+    assert!(matches!(xs[2].head.try_recv(), Ok(Err(Lost::Refused))));
+    // The one it took is still its to answer.
+    assert!(xs[0].head.try_recv().is_err());
+    assert_eq!(t.len(), 1);
+    let uri = http::Uri::from_static("/");
+    let again = t.register::<()>((), &http::Method::GET, &uri, None, |_| Ok(Bytes::new()));
+    assert!(matches!(again, Err((Refused::Gone, ()))));
+}
+
+#[test]
+fn a_goodbye_that_disowns_an_answered_request_is_a_violation() {
+    let (mut t, x) = table_with_one(false);
+    t.route(streamed_head(x.id), 1 << 20).unwrap();
+    assert!(t.retire(Some(0)).is_err());
+}
