@@ -47,6 +47,14 @@ async fn load(
     (pids, bad)
 }
 
+/// A control socket path in a fresh folder of this test's own.
+fn socket_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-pool-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("control.sock")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_1_runs_every_request_in_a_fresh_process() {
     let f = Ferry::testbed(&[
@@ -108,10 +116,7 @@ async fn a_spare_is_kept_beside_the_pool_and_takes_over_from_a_dead_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_sizing_pool_grows_under_a_burst_and_shrinks_back_when_idle() {
-    let dir = std::env::temp_dir().join(format!("ferry-pool-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("control.sock");
+    let sock = socket_path("sizing");
     let f = Ferry::testbed(&[
         "--min-workers",
         "1",

@@ -173,31 +173,8 @@ fn ask(path: &PathBuf, request: &Value) -> std::io::Result<Value> {
 /// An answer as a person reads it.
 fn show(command: &Command, answer: &Value) -> String {
     match command {
-        Command::Status => format!("{:#}\n", answer["status"]),
-        Command::Workers => {
-            let mut out = format!(
-                "{:>4} {:>8} {:<9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
-                "SLOT", "PID", "STATE", "UPTIME", "SERVED", "IN FLIGHT", "RSS MiB", "CPU s"
-            );
-            for w in answer["workers"].as_array().into_iter().flatten() {
-                out += &format!(
-                    "{:>4} {:>8} {:<9} {:>9.0}s {:>9} {:>9} {:>9} {:>9}\n",
-                    w["slot"],
-                    w["pid"],
-                    w["state"].as_str().unwrap_or("?"),
-                    w["uptime_seconds"].as_f64().unwrap_or(0.0),
-                    w["served"],
-                    w["in_flight"],
-                    w["rss_bytes"]
-                        .as_u64()
-                        .map_or("-".into(), |b| (b >> 20).to_string()),
-                    w["cpu_seconds"]
-                        .as_f64()
-                        .map_or("-".into(), |c| format!("{c:.2}")),
-                );
-            }
-            out
-        }
+        Command::Status => status_text(&answer["status"]),
+        Command::Workers => workers_table(&answer["workers"]),
         Command::Reload | Command::Retire { .. } => {
             let mut out = String::new();
             for s in answer["slots"].as_array().into_iter().flatten() {
@@ -226,4 +203,71 @@ fn show(command: &Command, answer: &Value) -> String {
         }
         Command::Stop { .. } => format!("stopping {}\n", answer["stopping"].as_str().unwrap_or("")),
     }
+}
+
+/// The workers, one line each.
+fn workers_table(workers: &Value) -> String {
+    let mut out = format!(
+        "{:>4} {:>8} {:<9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+        "SLOT", "PID", "STATE", "UPTIME", "SERVED", "IN FLIGHT", "RSS MiB", "CPU s"
+    );
+    for w in workers.as_array().into_iter().flatten() {
+        out += &format!(
+            "{:>4} {:>8} {:<9} {:>9.0}s {:>9} {:>9} {:>9} {:>9}\n",
+            w["slot"].to_string(),
+            w["pid"].to_string(),
+            w["state"].as_str().unwrap_or("?"),
+            w["uptime_seconds"].as_f64().unwrap_or(0.0),
+            w["served"].to_string(),
+            w["in_flight"].to_string(),
+            w["rss_bytes"]
+                .as_u64()
+                .map_or("-".into(), |b| (b >> 20).to_string()),
+            w["cpu_seconds"]
+                .as_f64()
+                .map_or("-".into(), |c| format!("{c:.2}")),
+        );
+    }
+    out
+}
+
+/// `/status` as a person reads it: the master, its pool and counters, then the
+/// workers' table.
+fn status_text(s: &Value) -> String {
+    let workers = s["workers"].as_array().map_or(&[][..], Vec::as_slice);
+    let count = |state: &str| workers.iter().filter(|w| w["state"] == state).count();
+    let command: Vec<&str> = s["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let up = s["uptime_seconds"].as_f64().unwrap_or(0.0);
+    let r = &s["responses"];
+    format!(
+        "ferry     pid {}, up {}, running {}\n\
+         workers   {} ready, {} spare, {} draining ({} started, {} exited so far)\n\
+         queue     {} waiting (limit {})\n\
+         responses 1xx {}  2xx {}  3xx {}  4xx {}  5xx {}\n\
+         log       {} line(s) dropped, {} split, {} access line(s) dropped\n\n{}",
+        s["pid"],
+        humantime::format_duration(std::time::Duration::from_secs(up as u64)),
+        command.join(" "),
+        count("ready"),
+        count("spare"),
+        count("draining"),
+        s["worker_starts"],
+        s["worker_exits"],
+        s["queue"]["waiting"],
+        s["queue"]["limit"],
+        r["1xx"],
+        r["2xx"],
+        r["3xx"],
+        r["4xx"],
+        r["5xx"],
+        s["log"]["lines_dropped"],
+        s["log"]["lines_split"],
+        s["log"]["access_lines_dropped"],
+        workers_table(&s["workers"]),
+    )
 }

@@ -209,7 +209,9 @@ export function decode(buf, start = 0, end = buf.length) {
       msg = { type, nonce: c.u64(), inFlight: c.u32() };
       break;
     case GOODBYE:
+      // The long form (retiring) adds the last accepted id after the reason.
       msg = { type, reason: c.text() };
+      if (c.end - c.pos === 8) msg.lastId = c.u64();
       break;
     case WELCOME:
       msg = {
@@ -401,7 +403,7 @@ export function payloadSize(msg) {
     case PONG:
       return 13;
     case GOODBYE:
-      return 1 + 8 + strLen(msg.reason);
+      return 1 + 8 + strLen(msg.reason) + (msg.lastId == null ? 0 : 8);
     case WELCOME:
       return 21;
     case REQUEST_HEAD:
@@ -470,6 +472,10 @@ export function writeFrame(buf, pos, msg, size = payloadSize(msg)) {
       break;
     case GOODBYE:
       pos = writeBlob(buf, pos, msg.reason, false);
+      if (msg.lastId != null) {
+        buf.writeBigUInt64BE(BigInt(msg.lastId), pos);
+        pos += 8;
+      }
       break;
     case WELCOME:
       buf.writeUInt32BE(msg.protocolVersion ?? PROTOCOL_VERSION, pos);

@@ -58,6 +58,7 @@ const expected = {
   'w06_failed.hex': { type: c.REQUEST_FAILED, id: 6n, reason: 'cancelled' },
   'w07_pong.hex': { type: c.PONG, nonce: 72623859790382856n, inFlight: 3 },
   'w08_goodbye.hex': { type: c.GOODBYE, reason: 'max requests' },
+  'w08_goodbye_retire.hex': { type: c.GOODBYE, reason: 'retired', lastId: 7n },
 };
 
 test('every vector file is covered', () => {

@@ -46,7 +46,8 @@ Hello = namedtuple("Hello", "protocol_version pid max_in_flight initial_window s
 ResponseHead = namedtuple("ResponseHead", "id status headers body")
 RequestFailed = namedtuple("RequestFailed", "id reason")
 Pong = namedtuple("Pong", "nonce in_flight")
-Goodbye = namedtuple("Goodbye", "reason")
+# last_id: only in the long form, which retires the worker (SPEC.md section 10).
+Goodbye = namedtuple("Goodbye", "reason last_id", defaults=(None,))
 # Both directions (the type byte says which).
 BodyChunk = namedtuple("BodyChunk", "id data")
 BodyEnd = namedtuple("BodyEnd", "id trailers")
@@ -267,9 +268,11 @@ def encode_pong(nonce, in_flight):
     return _pong.pack(13, PONG, nonce, in_flight)
 
 
-def encode_goodbye(reason):
+def encode_goodbye(reason, last_id=None):
     r = _text(reason)
-    return _prefix_type.pack(1 + len(r), GOODBYE) + r
+    if last_id is None:
+        return _prefix_type.pack(1 + len(r), GOODBYE) + r
+    return _prefix_type.pack(9 + len(r), GOODBYE) + r + _pack_u64(last_id)
 
 
 # Master messages: the SDK never sends them, but tests (and fake masters) do.
@@ -545,6 +548,8 @@ def decode_request_failed(buf, pos, end):
 
 def decode_goodbye(buf, pos, end):
     reason, p = _take_text(buf, pos, end)
+    if end - p == 8:
+        return Goodbye(reason, _u64_unpack(buf, p)[0])
     _trailing(p, end)
     return Goodbye(reason)
 

@@ -41,6 +41,7 @@ EXPECTED = {
     "w06_failed": ("worker", c.RequestFailed(6, "cancelled")),
     "w07_pong": ("worker", c.Pong(0x0102030405060708, 3)),
     "w08_goodbye": ("worker", c.Goodbye("max requests")),
+    "w08_goodbye_retire": ("worker", c.Goodbye("retired", 7)),
 }
 
 
@@ -133,5 +134,8 @@ def test_every_truncation_of_every_vector_is_refused():
         for n in range(len(payload)):
             if stem.endswith("body_chunk") and n >= 9:
                 continue                # a chunk's data may be any length
+            if stem == "w08_goodbye_retire" and n == len(payload) - 8:
+                assert decode(payload[:n])[1] == c.Goodbye("retired")
+                continue                # the short form: last_id is optional
             with pytest.raises(c.ProtocolError):
                 decode(payload[:n])
