@@ -5,8 +5,11 @@
 #
 #     bash bench/fresh.sh [ROUNDS] [SECS]        (defaults: 3 rounds of 5 s)
 #
-# Prints req/s and p50 latency at 1 and 16 connections for each, rounds interleaved,
-# as min-max over the rounds. Needs wrk (bench/run.sh installs it).
+# Prints req/s and p50 latency at 1 and 16 connections for each (saturated: wrk sends
+# the next request at once, so with --max-requests 1 requests wait for processes to
+# start and the rate is the start rate), rounds interleaved, as min-max over the
+# rounds; then the p50 of 100 requests paced 50 ms apart (below the start rate: the
+# latency one request pays when a spare is ready). Needs wrk and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -50,6 +53,15 @@ for r in $(seq "$rounds"); do
     done
 done
 
+paced() { # port: p50 of 100 requests 50 ms apart, in ms, one connection each (as a browser's first)
+    for _ in $(seq 100); do
+        curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$1/"
+        sleep 0.05
+    done | sort -n | awk '{ a[NR] = $1 } END { printf "%.3f", a[int(NR / 2)] * 1000 }'
+}
+paced_pooled=$(paced "$pooled")
+paced_fresh=$(paced "$fresh")
+
 echo
 echo "over $rounds round(s) of ${secs}s, min-max:"
 printf '%-8s %4s %22s %22s\n' system conns "req/s" "p50"
@@ -63,3 +75,4 @@ for c in 1 16; do
         } END { printf "%-8s %4s %10.0f-%-10.0f %9.3f-%-9.3f ms\n", n, substr(c, 3), rmin, rmax, lmin, lmax }' "$work/results"
     done
 done
+echo "paced (100 requests, 50 ms apart, new connection each): p50 pooled ${paced_pooled} ms, fresh ${paced_fresh} ms"

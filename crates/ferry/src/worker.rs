@@ -333,7 +333,9 @@ async fn supervise(
                 if let Err(v) = read_what_is_left(&channel, &mut reader).await {
                     break End::Violation(v.0);
                 }
-                break if channel.goodbye().is_some() { End::Exited } else { End::WriterFailed };
+                // A write fails mostly because the worker died: then say so, with its status.
+                let died = tokio::time::timeout(LEFTOVER_WAIT, process.exited()).await.is_ok();
+                break if died || channel.goodbye().is_some() { End::Exited } else { End::WriterFailed };
             }
             Some(order) = control.recv(), if drain_deadline.is_none() => match order {
                 Control::Serve => {
