@@ -353,6 +353,26 @@ pub async fn run_slot(
     }
 }
 
+/// Waits, on the drains tracker (which a graceful stop waits for), until `old`,
+/// told to drain, is gone; then reports it replaced by `new_pid`.
+fn watch_drain(ctx: &Arc<Ctx>, index: usize, mut old: Instance, new_pid: u32) {
+    let ctx2 = ctx.clone();
+    ctx.drains.spawn(async move {
+        let _ = (&mut old.done).await;
+        tracing::info!(
+            worker = index,
+            old = old.pid,
+            new = new_pid,
+            "worker replaced"
+        );
+        ctx2.events.emit(|| Event::Replaced {
+            slot: index,
+            old: old.pid,
+            new: new_pid,
+        });
+    });
+}
+
 /// Drains a worker nobody needs (a spare), which a graceful stop waits for.
 fn drain_away(ctx: &Ctx, inst: Instance) {
     let _ = inst.control.send(Control::Drain);
@@ -372,7 +392,7 @@ fn promote(
     let new_pid = spare.pid;
     let _ = spare.control.send(Control::Serve);
     let old = current.replace(spare);
-    if let Some(mut old) = old {
+    if let Some(old) = old {
         let old_pid = old.pid;
         tracing::info!(
             worker = index,
@@ -386,21 +406,7 @@ fn promote(
             why: why.to_string(),
         });
         let _ = old.control.send(Control::Drain);
-        let ctx2 = ctx.clone();
-        ctx.drains.spawn(async move {
-            let _ = (&mut old.done).await;
-            tracing::info!(
-                worker = index,
-                old = old_pid,
-                new = new_pid,
-                "worker replaced"
-            );
-            ctx2.events.emit(|| Event::Replaced {
-                slot: index,
-                old: old_pid,
-                new: new_pid,
-            });
-        });
+        watch_drain(ctx, index, old, new_pid);
     } else {
         tracing::info!(worker = index, pid = new_pid, "{why}; the spare takes over");
     }
@@ -454,22 +460,8 @@ async fn replace(
     // The lock orders starts, which cost the machine; old workers drain side by side,
     // on a task of their own, so this slot goes on watching its new worker meanwhile.
     drop(one_at_a_time);
-    if let Some(mut old) = old {
-        let ctx2 = ctx.clone();
-        ctx.drains.spawn(async move {
-            let _ = (&mut old.done).await;
-            tracing::info!(
-                worker = index,
-                old = old.pid,
-                new = new_pid,
-                "worker replaced"
-            );
-            ctx2.events.emit(|| Event::Replaced {
-                slot: index,
-                old: old.pid,
-                new: new_pid,
-            });
-        });
+    if let Some(old) = old {
+        watch_drain(ctx, index, old, new_pid);
     }
     Reloaded::Replaced {
         old: old_pid,
