@@ -2,4 +2,4 @@
 // serveHttp(), and the lower-level Session for other adapters.
 export { serve } from './fetch.js';
 export { serveHttp } from './http.js';
-export { Session, Exchange } from './session.js';
+export { Session, Exchange, retire } from './session.js';

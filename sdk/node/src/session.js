@@ -308,6 +308,18 @@ export function textResponse(id, status, text) {
   };
 }
 
+// The session running in this process, for retire().
+let current = null;
+
+/**
+ * Asks the master to retire this worker: it is sent no new requests, finishes those
+ * it has and exits, while requests already on their way run on another worker.
+ * Does nothing outside a ferry worker.
+ */
+export function retire() {
+  if (current !== null) current.retire();
+}
+
 export class Session {
   /**
    * onRequest(exchange) is called for every request, synchronously from the reader;
@@ -329,6 +341,8 @@ export class Session {
     this.limit = this.maxInFlight;
     this.draining = false;
     this.goneBye = false;
+    this.retired = null; // the last id taken, once retire() said Goodbye
+    this.lastId = 0n;
     this.channelWaiters = new Set();
     this.socket = null;
     this.writer = null;
@@ -338,6 +352,7 @@ export class Session {
   start() {
     const socket = openChannel();
     this.socket = socket;
+    current = this;
     installSigterm();
     const writer = new Writer(socket);
     this.writer = writer;
@@ -395,6 +410,9 @@ export class Session {
     const msg = c.decodeMaster(buf, start, end);
     switch (type) {
       case c.REQUEST_HEAD:
+        // Sent before the master read our retiring Goodbye: it runs elsewhere.
+        if (this.retired !== null && msg.id > this.retired) break;
+        this.lastId = msg.id;
         this.startRequest(msg);
         break;
       case c.M_BODY_CHUNK: {
@@ -482,11 +500,25 @@ export class Session {
     for (const ex of waiters) ex.pump();
   }
 
+  /**
+   * Says the retiring Goodbye (SPEC.md section 10): the master sends nothing new and
+   * gives requests after the last one taken to another worker; this one finishes
+   * its own, then exits.
+   */
+  retire() {
+    if (this.retired !== null || this.goneBye || this.writer === null) return;
+    this.retired = this.lastId;
+    this.writer.frame({ type: c.GOODBYE, reason: 'retired', lastId: this.retired });
+    this.draining = true;
+    this.finished();
+  }
+
   /** Called whenever a request finishes, and on Drain: says Goodbye once idle. */
   finished() {
     if (!this.draining || this.table.size > 0 || this.goneBye) return;
     this.goneBye = true;
-    this.writer.frame({ type: c.GOODBYE, reason: 'drained' });
+    // A retired worker said its Goodbye already.
+    if (this.retired === null) this.writer.frame({ type: c.GOODBYE, reason: 'drained' });
     // Exit once Goodbye is on the wire: after it the worker sends nothing more.
     this.writer.flush(() => process.exit(0));
   }

@@ -179,6 +179,35 @@ for (const [name, app] of Object.entries(apps)) {
       }
     });
 
+    test('workers that retire under load lose no request', async () => {
+      // No retries of idempotent requests: what was on its way to a retiring worker
+      // comes back by the retirement's own rule.
+      const r = await startFerry({ app, workers: 2, env, args: ['--retry-idempotent', 'false'] });
+      try {
+        const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+        const failures = [];
+        const loop = async (client) => {
+          for (let i = 0; i < 60; i++) {
+            const path = (client + i) % 30 === 0 ? '/retire' : '/pid';
+            try {
+              const res = await get(`${r.url}${path}`, { agent });
+              if (res.status !== 200) failures.push(`status ${res.status}`);
+            } catch (e) {
+              failures.push(e.message);
+            }
+          }
+        };
+        await Promise.all(Array.from({ length: 4 }, (_, n) => loop(n)));
+        agent.destroy();
+        assert.deepEqual(failures, [], r.log);
+        await until(() => (r.log.match(/worker says goodbye: retired/g) || []).length >= 4, 'four retirements');
+        assert.match(r.log, /recycling worker: it retires \(retired\)/);
+        assert.doesNotMatch(r.log, /restarting in/);
+      } finally {
+        r.kill();
+      }
+    });
+
     test('SIGTERM drains: the in-flight request completes, ferry exits 0', async () => {
       const d = await startFerry({ app, workers: 2, env });
       try {

@@ -11,3 +11,17 @@ Modules, one job each:
 - ``loader``: importing ``module:attribute`` application paths.
 """
 __version__ = "0.1.0"
+
+# The session running in this process (threaded or asyncio), set when it starts.
+_session = None
+
+
+def retire():
+    """Asks the master to retire this worker (SPEC.md section 10): it is sent no new
+    requests, finishes those it has, then exits, while the master starts its
+    replacement; requests already on their way run on another worker, never lost.
+    For a worker that knows it should go (grown too big, holding a stale resource).
+    Safe from any thread, more than once; does nothing outside a ferry worker."""
+    s = _session
+    if s is not None:
+        s.retire()

@@ -18,6 +18,8 @@ import os
 import sys
 from collections import deque
 
+import ferry_worker
+
 from . import channel
 from . import codec
 from .codec import CHUNK_MAX, STREAMED, ProtocolError
@@ -176,6 +178,8 @@ class AsyncSession(asyncio.Protocol):
         self._draining = False
         self._closed = False
         self._saying_goodbye = False
+        self._retired = None            # the last id taken, once retire() said Goodbye
+        self._last_id = 0
         self._finished = None        # resolved when the session is over
 
     # ------------------------------------------------------------ running
@@ -184,6 +188,7 @@ class AsyncSession(asyncio.Protocol):
         """Handshake, then serve until drained (returns) or the master is gone."""
         self.loop = asyncio.get_running_loop()
         self._finished = self.loop.create_future()
+        ferry_worker._session = self
         sock = sock or channel.from_env()
         sock.setblocking(False)
         await self.loop.create_unix_connection(lambda: self, sock=sock)
@@ -253,6 +258,20 @@ class AsyncSession(asyncio.Protocol):
             self.loop.create_task(self._goodbye())
         return True
 
+    def retire(self):
+        """Says the retiring Goodbye (from any thread): requests after the last one
+        taken go elsewhere."""
+        self.loop.call_soon_threadsafe(self._retire)
+
+    def _retire(self):
+        if self._retired is not None or self._closed or self._saying_goodbye:
+            return
+        self._retired = self._last_id
+        self.write(codec.encode_goodbye("retired", self._retired))
+        self._draining = True
+        if not self._table:
+            self.loop.create_task(self._goodbye())
+
     async def _goodbye(self):
         if self._saying_goodbye:
             return
@@ -262,7 +281,8 @@ class AsyncSession(asyncio.Protocol):
                 await self.on_drained()
             except Exception:
                 log.exception("shutdown failed")
-        self.write(codec.encode_goodbye("drained"))
+        if self._retired is None:       # a retired worker said its Goodbye already
+            self.write(codec.encode_goodbye("drained"))
         self._flush()
         self._closed = True
         self.transport.close()
@@ -308,6 +328,9 @@ class AsyncSession(asyncio.Protocol):
         table = self._table
         if t == codec.REQUEST_HEAD:
             head = codec.decode_request_head(buf, start + 1, end)
+            if self._retired is not None and head.id > self._retired:
+                return                  # sent before the master read our Goodbye
+            self._last_id = head.id
             if head.id in table or len(table) >= self.max_in_flight:
                 log.error("the master sent request %d over the announced limit or "
                           "with an id in use", head.id)

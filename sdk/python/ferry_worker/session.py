@@ -24,6 +24,8 @@ import socket
 import threading
 from collections import deque
 
+import ferry_worker
+
 from . import channel
 from . import codec
 from .codec import CHUNK_MAX, STREAMED, ProtocolError
@@ -178,6 +180,8 @@ class Session:
         self._table = {}
         self._draining = False
         self._closed = False          # Goodbye sent: nothing more goes out
+        self._retired = None          # the last id taken, once retire() said Goodbye
+        self._last_id = 0
         self._sock = None
         self._splitter = codec.FrameSplitter()
         self._token = threading.Lock()          # held by the thread reading the channel
@@ -214,8 +218,20 @@ class Session:
                 self._goodbye()
             return True
 
+    def retire(self):
+        """Says the retiring Goodbye: requests after the last one taken go elsewhere."""
+        with self._lock:
+            if self._retired is not None or self._closed or self._sock is None:
+                return
+            self._retired = self._last_id
+            self._write(codec.encode_goodbye("retired", self._retired))
+            self._draining = True
+            if not self._table:
+                self._goodbye()
+
     def _goodbye(self):
-        self._write(codec.encode_goodbye("drained"))
+        if self._retired is None:     # a retired worker said its Goodbye already
+            self._write(codec.encode_goodbye("drained"))
         self._closed = True
         # Wake the reader, blocked in recv, so that it sees the end and we exit.
         try:
@@ -359,6 +375,7 @@ class Session:
         """Handshake, then serve until drained (returns) or the master is gone (the
         process group is killed, or the process exits when it leads no group)."""
         sock = self._sock = sock or channel.from_env()
+        ferry_worker._session = self
         sock.sendall(codec.encode_hello(os.getpid(), self.threads, self.initial_window,
                                         self.sdk_name, self.sdk_version))
         splitter = self._splitter
@@ -407,6 +424,9 @@ class Session:
             if ex._ended is False:
                 ex._chunks = deque()
             with self._lock:
+                if self._retired is not None and head.id > self._retired:
+                    return                # sent before the master read our Goodbye
+                self._last_id = head.id
                 table = self._table
                 if head.id in table or len(table) >= self.max_in_flight:
                     log.error("the master sent request %d over the announced limit or "

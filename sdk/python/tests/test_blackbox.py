@@ -132,6 +132,39 @@ def test_sighup_reload_with_zero_failures(server):
     assert "worker says goodbye: drained" in server.log()
 
 
+def test_workers_that_retire_under_load_lose_no_request(kind, start_ferry, marks):
+    # No retries of idempotent requests: what was on its way to a retiring worker
+    # comes back by the retirement's own rule, POSTs too.
+    server = start_ferry(KINDS[kind], env={"FERRY_TEST_DIR": marks},
+                         extra=["--retry-idempotent", "false"])
+    failures = []
+
+    def load(client):
+        c = server.conn(timeout=20)
+        for i in range(60):
+            if (client + i) % 30 == 0:
+                c.request("GET", "/retire")
+            elif i % 3 == 0:
+                c.request("POST", "/echo", body=b"kept")
+            else:
+                c.request("GET", "/pid")
+            r = c.getresponse()
+            r.read()
+            if r.status != 200:
+                failures.append(r.status)
+        c.close()
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == [], server.log()
+    server.wait_for("worker says goodbye: retired", count=4)
+    server.wait_for("recycling worker: it retires (retired)")
+    assert "restarting in" not in server.log()
+
+
 def test_handler_exception_is_500_and_the_worker_survives(kind, start_ferry, marks):
     f = start_ferry(KINDS[kind], workers=1, env={"FERRY_TEST_DIR": marks})
     pid = f.get("/pid")[2]

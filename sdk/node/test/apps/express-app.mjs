@@ -2,12 +2,17 @@
 // it to serveHttp). Routes shared with hono-app.mjs; see test/blackbox.test.js.
 import express from 'express';
 import { appendFileSync } from 'node:fs';
+import { retire } from '../../src/index.js';
 
 const dir = process.env.FERRY_TEST_DIR;
 const app = express();
 
 app.get('/', (req, res) => res.type('text/plain').send('Hello, world!\n'));
 app.get('/pid', (req, res) => res.type('text/plain').send(String(process.pid)));
+app.get('/retire', (req, res) => {
+  retire();
+  res.type('text/plain').send(String(process.pid));
+});
 app.get('/info', (req, res) =>
   res.json({ ip: req.ip, protocol: req.protocol, query: req.query, xa: req.headers['x-a'], httpVersion: req.httpVersion, url: req.url }),
 );

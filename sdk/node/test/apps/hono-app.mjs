@@ -2,6 +2,7 @@
 // Routes shared with express-app.mjs; see test/blackbox.test.js.
 import { Hono } from 'hono';
 import { appendFileSync } from 'node:fs';
+import { retire } from '../../src/index.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 const dir = process.env.FERRY_TEST_DIR;
@@ -9,6 +10,10 @@ const app = new Hono();
 
 app.get('/', (c) => c.text('Hello, world!\n'));
 app.get('/pid', (c) => c.text(String(process.pid)));
+app.get('/retire', (c) => {
+  retire();
+  return c.text(String(process.pid));
+});
 app.post('/echo', (c) => new Response(c.req.raw.body, { headers: { 'content-type': 'application/octet-stream' } }));
 app.get('/stream', (c) => {
   // n chunks of 64 KiB, chunk i filled with byte i % 256, produced on demand.

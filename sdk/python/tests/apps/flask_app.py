@@ -4,6 +4,8 @@ import time
 
 from flask import Flask, Response, request
 
+import ferry_worker
+
 app = Flask(__name__)
 MARKS = os.environ.get("FERRY_TEST_DIR", "/tmp")
 BLOCK = bytes(range(256)) * 256          # 64 KiB of a known pattern
@@ -21,6 +23,12 @@ def hello():
 
 @app.get("/pid")
 def pid():
+    return str(os.getpid())
+
+
+@app.get("/retire")
+def retire():
+    ferry_worker.retire()
     return str(os.getpid())
 
 

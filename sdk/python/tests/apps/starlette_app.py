@@ -7,6 +7,8 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+import ferry_worker
+
 MARKS = os.environ.get("FERRY_TEST_DIR", "/tmp")
 BLOCK = bytes(range(256)) * 256
 
@@ -21,6 +23,11 @@ async def hello(request):
 
 
 async def pid(request):
+    return PlainTextResponse(str(os.getpid()))
+
+
+async def retire(request):
+    ferry_worker.retire()
     return PlainTextResponse(str(os.getpid()))
 
 
@@ -96,7 +103,7 @@ async def lifespan(app):
 
 
 app = Starlette(lifespan=lifespan, routes=[
-    Route("/hello", hello), Route("/pid", pid),
+    Route("/hello", hello), Route("/pid", pid), Route("/retire", retire),
     Route("/echo", echo, methods=["POST"]), Route("/echo-stream", echo_stream, methods=["POST"]),
     Route("/download", download), Route("/slow", slow), Route("/forever", forever),
     Route("/boom", boom), Route("/badlength", badlength), Route("/spawn", spawn),
