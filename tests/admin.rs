@@ -157,3 +157,36 @@ async fn readyz_turns_503_at_the_start_of_a_graceful_stop() {
         "in flight, finished"
     );
 }
+
+/// `--drain-delay`: a lame duck. `/readyz` turns 503 at the SIGTERM, yet new
+/// connections are still accepted and served for the delay; then the graceful stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_delay_keeps_serving_while_readyz_says_503() {
+    let mut f = Ferry::testbed(&[
+        "--workers",
+        "1",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--drain-delay",
+        "1500ms",
+    ]);
+    let admin = admin_addr(&f);
+    f.signal(libc::SIGTERM);
+    assert!(
+        f.log.wait_for("lame duck", WAIT).is_some(),
+        "{}",
+        f.log.text()
+    );
+    assert_eq!(
+        get(admin, "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // A new connection, after the signal: still accepted and answered.
+    let r = get(f.addr, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Served before the graceful stop began (its log line comes after the delay).
+    assert_eq!(f.log.count("stopping gracefully"), 0, "{}", f.log.text());
+    let status = f.wait_exit(WAIT).expect("ferry stops after the delay");
+    assert!(status.success(), "{status:?}");
+    assert!(f.log.wait_for("stopped gracefully", WAIT).is_some());
+}

@@ -175,6 +175,13 @@ pub struct Config {
     #[arg(long, env = "FERRY_MAX_MEMORY", value_parser = bytes)]
     pub max_memory: Option<u64>,
 
+    /// Lame-duck time before a graceful stop (the Kubernetes readiness pattern): on
+    /// SIGTERM or SIGINT, /readyz answers 503 at once while the listener stays open
+    /// and serves for this long, so load balancers see the change before connections
+    /// are refused; then the graceful stop begins. 0: stop at once.
+    #[arg(long, env = "FERRY_DRAIN_DELAY", default_value = "0s", value_parser = duration)]
+    pub drain_delay: Duration,
+
     /// On SIGTERM or SIGINT, how long in-flight requests and draining workers get
     /// to finish before they are killed.
     #[arg(long, env = "FERRY_GRACEFUL_TIMEOUT", default_value = "30s", value_parser = duration)]

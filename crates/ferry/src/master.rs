@@ -11,7 +11,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing_appender::non_blocking::ErrorCounter;
@@ -202,12 +202,26 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         return ExitCode::FAILURE;
     }
 
+    ctx.stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let delay = ctx.config.drain_delay;
+    if !delay.is_zero() {
+        tracing::info!(
+            "lame duck: /readyz answers 503; still serving for {delay:?} (--drain-delay) before the graceful stop"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            () = next_stop_signal(&mut term, &mut int, &mut quit) => {
+                tracing::warn!("second signal: stopping now; killing every worker");
+                ctx.kill_all();
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let limit = ctx.config.graceful_timeout;
     tracing::info!(
         "stopping gracefully: accepting no new connections; in-flight requests have {limit:?}"
     );
-    ctx.stopping
-        .store(true, std::sync::atomic::Ordering::Relaxed);
     shutdown.cancel();
     let stop_everything = async {
         let _ = front.await;
@@ -223,11 +237,20 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
             ctx.kill_all();
             ExitCode::FAILURE
         }
-        _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {}, _ = quit.recv() => {} } } => {
+        () = next_stop_signal(&mut term, &mut int, &mut quit) => {
             tracing::warn!("second signal: stopping now; killing every worker");
             ctx.kill_all();
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves at the next SIGTERM, SIGINT or SIGQUIT: during a stop, the sign to stop now.
+async fn next_stop_signal(term: &mut Signal, int: &mut Signal, quit: &mut Signal) {
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = quit.recv() => {}
     }
 }
 
