@@ -337,3 +337,42 @@ fn ctl_retire_replaces_one_worker_by_pid() {
     assert_eq!(code, 1);
     assert!(err.contains("no worker has pid 1"), "{err}");
 }
+
+/// systemd's `NOTIFY_SOCKET` hears READY=1 once the workers are up, STATUS= and
+/// WATCHDOG=1 pings when a watchdog is set, RELOADING=1 then READY=1 around a
+/// SIGHUP, and STOPPING=1 at a graceful stop.
+#[test]
+fn systemd_hears_ready_reloading_watchdog_and_stopping() {
+    let path = log_path("notify").with_file_name("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let mut f = Ferry::builder(&["--workers", "1"], &[&testbed()])
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "200000")
+        .start();
+    // Reads datagrams until one contains `needle`; all of them, for the message.
+    let mut heard = Vec::new();
+    let mut wait_for = |needle: &str| {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("waiting for {needle}: {e}; heard {heard:?}"));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            heard.push(msg.clone());
+            if msg.lines().any(|l| l == needle) {
+                return msg;
+            }
+        }
+    };
+    let ready = wait_for("READY=1");
+    assert!(ready.contains("STATUS=1 worker(s) ready"), "{ready}");
+    wait_for("WATCHDOG=1");
+    f.signal(libc::SIGHUP);
+    let reloading = wait_for("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    wait_for("READY=1");
+    f.signal(libc::SIGTERM);
+    wait_for("STOPPING=1");
+    assert!(f.wait_exit(WAIT).expect("stopped").success());
+}

@@ -44,6 +44,8 @@ pub mod slots;
 
 pub mod scaler;
 
+pub mod notify;
+
 // Holding it together.
 pub mod master;
 

@@ -167,7 +167,11 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         ));
     }
     let reload = Arc::new(Notify::new());
-    tokio::spawn(reload_loop(reload.clone(), slots.clone()));
+    tokio::spawn(reload_loop(reload.clone(), slots.clone(), ctx.clone()));
+    // The listener is bound and the first workers are in the pool: systemd may
+    // start what depends on us.
+    crate::notify::say(crate::notify::Say::Ready, crate::notify::status_line(&ctx));
+    tokio::spawn(crate::notify::keep_up(ctx.clone()));
     if sizes_itself {
         tokio::spawn(crate::scaler::run(ctx.clone(), slots.clone()));
     }
@@ -204,6 +208,7 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
 
     ctx.stopping
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    crate::notify::say(crate::notify::Say::Stopping, "stopping gracefully".into());
     let delay = ctx.config.drain_delay;
     if !delay.is_zero() {
         tracing::info!(
@@ -290,9 +295,12 @@ fn connection_cap(config: &Config, workers: usize) -> usize {
 }
 
 /// Replaces the workers of every slot in turn, each time it is notified.
-async fn reload_loop(reload: Arc<Notify>, slots: Slots) {
+async fn reload_loop(reload: Arc<Notify>, slots: Slots, ctx: Arc<Ctx>) {
+    use crate::notify::{say, status_line, Say};
     loop {
         reload.notified().await;
+        say(Say::Reloading, "reloading every worker".into());
         slots.reload_all().await;
+        say(Say::Ready, status_line(&ctx));
     }
 }

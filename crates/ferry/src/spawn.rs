@@ -129,6 +129,10 @@ fn fork_one(command: &[String], index: usize) -> io::Result<(Child, OwnedFd)> {
     cmd.args(&command[1..])
         .env(CHANNEL_FD_ENV, CHANNEL_FD.to_string())
         .env("FERRY_WORKER_INDEX", index.to_string())
+        // systemd hears from the master only.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
