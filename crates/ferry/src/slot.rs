@@ -195,8 +195,7 @@ pub async fn run_slot(
     loop {
         if current.is_none() {
             if let Some(s) = spare.ready.take() {
-                promote(&ctx, index, &mut current, s, "its worker ended");
-                spare.start(&ctx, index);
+                promote(&ctx, index, &mut current, &mut spare, s, "its worker ended");
                 continue;
             }
             // A spare is on its way: it takes over when it is ready (below).
@@ -253,8 +252,7 @@ pub async fn run_slot(
                 // The worker's own request: only this instance's, so never a stale one.
                 Happened::Recycle(RecycleMe { why }) => {
                     if let Some(s) = spare.ready.take() {
-                        promote(&ctx, index, &mut current, s, &format!("recycling worker: {why}"));
-                        spare.start(&ctx, index);
+                        promote(&ctx, index, &mut current, &mut spare, s, &format!("recycling worker: {why}"));
                     } else if spare.starting.is_some() {
                         // The spare on its way takes over when it is ready; the worker
                         // takes nothing new meanwhile, and asks again later.
@@ -292,8 +290,7 @@ pub async fn run_slot(
                         spare.start(&ctx, index);
                     } else if waiting {
                         awaiting_spare = false;
-                        promote(&ctx, index, &mut current, fresh, "its spare is ready");
-                        spare.start(&ctx, index);
+                        promote(&ctx, index, &mut current, &mut spare, fresh, "its spare is ready");
                     } else {
                         spare.ready = Some(fresh);
                     }
@@ -326,8 +323,7 @@ pub async fn run_slot(
                     let outcome = match spare.ready.take() {
                         Some(s) => {
                             let new = s.pid;
-                            promote(&ctx, index, &mut current, s, why);
-                            spare.start(&ctx, index);
+                            promote(&ctx, index, &mut current, &mut spare, s, why);
                             Reloaded::Replaced { old: pid, new }
                         }
                         None => replace(&ctx, index, &mut current, why).await,
@@ -381,17 +377,20 @@ fn drain_away(ctx: &Ctx, inst: Instance) {
     });
 }
 
-/// Puts `spare` in the pool in place of the current worker (if any), which drains.
+/// Puts `ready`, a spare, in the pool in place of the current worker (if any),
+/// which drains, and starts the next spare behind it.
 fn promote(
     ctx: &Arc<Ctx>,
     index: usize,
     current: &mut Option<Instance>,
-    spare: Instance,
+    spare: &mut Spare,
+    ready: Instance,
     why: &str,
 ) {
-    let new_pid = spare.pid;
-    let _ = spare.control.send(Control::Serve);
-    let old = current.replace(spare);
+    spare.start(ctx, index);
+    let new_pid = ready.pid;
+    let _ = ready.control.send(Control::Serve);
+    let old = current.replace(ready);
     if let Some(old) = old {
         let old_pid = old.pid;
         tracing::info!(

@@ -45,6 +45,16 @@ struct Ready<W> {
     idle_since: Option<Instant>,
 }
 
+impl<W> Ready<W> {
+    /// One request fewer in flight; with none left, the worker is idle from now.
+    fn release_one(&mut self) {
+        self.in_flight -= 1;
+        if self.in_flight == 0 {
+            self.idle_since = Some(Instant::now());
+        }
+    }
+}
+
 /// Why no worker slot was had.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NoSlot {
@@ -210,11 +220,8 @@ impl<W> Pool<W> {
             .iter()
             .position(|r| Arc::ptr_eq(&r.channel, channel))
         {
-            st.ready[i].in_flight -= 1;
+            st.ready[i].release_one();
             self.serve_waiters(&mut st, i);
-            if st.ready[i].in_flight == 0 {
-                st.ready[i].idle_since = Some(Instant::now());
-            }
         }
     }
 
@@ -231,11 +238,8 @@ impl<W> Pool<W> {
             if let Err(mut lease) = waiter.send(lease) {
                 // The waiter gave up between our check and the send: undo here, since
                 // `release` would take the lock we hold.
-                st.ready[i].in_flight -= 1;
+                st.ready[i].release_one();
                 lease.armed = false;
-                if st.ready[i].in_flight == 0 {
-                    st.ready[i].idle_since = Some(Instant::now());
-                }
             }
         }
     }
