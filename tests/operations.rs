@@ -11,10 +11,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A fresh file path in a folder of this test's own.
 fn log_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferry-ops-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("access.log")
+    fresh_dir(&format!("ops-{name}")).join("access.log")
 }
 
 /// Waits until the file has `n` lines; returns them.

@@ -49,10 +49,7 @@ async fn load(
 
 /// A control socket path in a fresh folder of this test's own.
 fn socket_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferry-pool-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("control.sock")
+    fresh_dir(&format!("pool-{name}")).join("control.sock")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
