@@ -101,6 +101,14 @@ pub struct Builder {
     env: Vec<(String, String)>,
     /// RLIMIT_NOFILE (soft and hard) for ferry and so its workers.
     fds: Option<u64>,
+    /// The master binary, if not the one built.
+    binary: Option<PathBuf>,
+    /// A command that runs ferry (`systemd-socket-activate -l ADDR`).
+    wrapper: Vec<String>,
+    /// Descriptors ferry inherits: (ours, the number it gets).
+    pass: Vec<(Arc<std::os::fd::OwnedFd>, i32)>,
+    /// No `--listen 127.0.0.1:0` of the harness's own.
+    no_listen: bool,
 }
 
 impl Ferry {
@@ -115,6 +123,10 @@ impl Ferry {
             worker: worker.iter().map(|s| s.to_string()).collect(),
             env: vec![],
             fds: None,
+            binary: None,
+            wrapper: vec![],
+            pass: vec![],
+            no_listen: false,
         }
     }
 
@@ -161,9 +173,43 @@ impl Builder {
         self
     }
 
+    /// Runs this master binary instead of the built one.
+    pub fn binary(mut self, path: &std::path::Path) -> Self {
+        self.binary = Some(path.to_owned());
+        self
+    }
+
+    /// Runs ferry through `wrapper` (its program and arguments, then ferry's).
+    pub fn wrapper(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Ferry inherits `fd` as descriptor number `at`.
+    pub fn pass_fd(mut self, fd: std::os::fd::OwnedFd, at: i32) -> Self {
+        self.pass.push((Arc::new(fd), at));
+        self
+    }
+
+    /// Leaves out the harness's `--listen 127.0.0.1:0`.
+    pub fn no_listen(mut self) -> Self {
+        self.no_listen = true;
+        self
+    }
+
     fn command(&self) -> Command {
-        let mut cmd = Command::new(bin("ferry"));
-        cmd.args(["--listen", "127.0.0.1:0"]);
+        let master = self.binary.clone().unwrap_or_else(|| bin("ferry"));
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&master);
+                c
+            }
+            None => Command::new(&master),
+        };
+        if !self.no_listen && !self.args.iter().any(|a| a == "--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         // Tests kill ferry with SIGKILL: no default control socket files left behind
         // (the tests of the control socket name one of their own).
         let own_socket = self.args.iter().any(|a| a == "--control-socket")
@@ -179,6 +225,31 @@ impl Builder {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if !self.pass.is_empty() {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let pass: Vec<(i32, i32)> = self
+                .pass
+                .iter()
+                .map(|(fd, at)| (fd.as_raw_fd(), *at))
+                .collect();
+            // Only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for (fd, at) in &pass {
+                        let ok = if fd == at {
+                            libc::fcntl(*fd, libc::F_SETFD, 0)
+                        } else {
+                            libc::dup2(*fd, *at)
+                        };
+                        if ok == -1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         if let Some(n) = self.fds {
             use std::os::unix::process::CommandExt;
             let lim = libc::rlimit {

@@ -11,7 +11,9 @@
 //! (chunked body of N bytes, in chunks of `&chunk=C` bytes, `&every=MS` apart; with
 //! `&claim=M` its size hint says M, a lie unless M = N); `/headers` (request headers as JSON pairs); `/target` (request target and version);
 //! `/spawn` (starts a `sleep` grandchild in the worker's process group, returns its pid);
-//! `/big-header?bytes=N` (a response header of N bytes).
+//! `/big-header?bytes=N` (a response header of N bytes); `/whoami` (the peer the
+//! master reported, and this process's pid, parent, ids, groups, umask, HOME and
+//! folder, one `key=value` per line).
 //!
 //! `pid=P` on /sleep, /spin, /crash or /exit restricts it to the worker with pid P.
 //!
@@ -187,6 +189,7 @@ async fn route(req: Request<Body>) -> Response<Body> {
             Ok(child) => text(format!("{}\n", child.id())),
             Err(e) => text(format!("spawn failed: {e}\n")),
         },
+        ("GET", "/whoami") => text(whoami(&req)),
         ("GET", "/target") => text(format!("{} {:?}\n", req.uri(), req.version())),
         ("GET", "/headers") => {
             let pairs: Vec<(String, String)> = req
@@ -271,4 +274,32 @@ impl http_body::Body for Repeat {
         self.claim
             .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
+}
+
+/// What `/whoami` says: who asked (as the master reported it), and who answers.
+fn whoami(req: &Request<Body>) -> String {
+    let peer = req
+        .extensions()
+        .get::<ferry_worker::RequestInfo>()
+        .map_or_else(|| "direct".to_owned(), |i| i.peer.clone());
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or_else(String::new, |v| {
+                v.split_whitespace().collect::<Vec<_>>().join(" ")
+            })
+    };
+    let cwd = std::env::current_dir().map_or_else(|e| e.to_string(), |d| d.display().to_string());
+    format!(
+        "peer={peer}\npid={}\nppid={}\nuid={}\ngid={}\ngroups={}\numask={}\nhome={}\ncwd={cwd}\n",
+        std::process::id(),
+        std::os::unix::process::parent_id(),
+        field("Uid:"),
+        field("Gid:"),
+        field("Groups:"),
+        field("Umask:"),
+        std::env::var("HOME").unwrap_or_default(),
+    )
 }

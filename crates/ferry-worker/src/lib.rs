@@ -95,7 +95,8 @@ pub fn retire() {
 pub struct RequestInfo {
     /// The request's id on this worker's channel.
     pub id: u64,
-    /// The client's address, `ip:port`, as the master saw it.
+    /// The client's address, `ip:port`, as the master saw it; `unix` for a client of
+    /// a Unix-socket listener.
     pub peer: String,
 }
 

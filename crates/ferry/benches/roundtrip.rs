@@ -115,7 +115,7 @@ fn channel(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let spawner = ferry::spawn::Spawner::start(rt.handle().clone());
+    let spawner = ferry::spawn::Spawner::start(rt.handle().clone(), Default::default());
     let command = Arc::new(vec![target_bin("ferry-testbed")
         .to_string_lossy()
         .into_owned()]);

@@ -14,9 +14,21 @@ use std::time::Duration;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ferry", version, about, long_about)]
 pub struct Config {
-    /// Address to accept HTTP connections on.
-    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    /// Where to accept HTTP connections: HOST:PORT, [V6]:PORT, unix:/PATH (a Unix
+    /// socket, as nginx reaches PHP-FPM or Gunicorn) or fd:N (an inherited listening
+    /// socket). Repeat it to serve several at once. Without it: the sockets systemd
+    /// passes (LISTEN_FDS), else 127.0.0.1:8080.
+    #[arg(long, env = "FERRY_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<crate::listen::Spec>,
+
+    /// The backlog of each socket ferry binds: connections the kernel queues before
+    /// they are accepted.
+    #[arg(long, env = "FERRY_BACKLOG", default_value_t = 1024, value_parser = clap::value_parser!(i32).range(1..=65535))]
+    pub backlog: i32,
+
+    /// The mode of a unix: listener's socket file, in octal: who may connect.
+    #[arg(long, env = "FERRY_LISTEN_MODE", default_value = "0660", value_parser = octal_mode)]
+    pub listen_mode: u32,
 
     /// Address of the admin endpoint: GET /status (JSON) and /metrics (Prometheus
     /// text) show every worker, the queue and response counts. Off unless set; it
@@ -222,6 +234,31 @@ pub struct Config {
     #[arg(long, env = "FERRY_RETRY_IDEMPOTENT", default_value_t = true, action = clap::ArgAction::Set)]
     pub retry_idempotent: bool,
 
+    /// Run workers as this user (a name or a uid): when the master runs as root it
+    /// binds its sockets first, then starts each worker as this user, with its
+    /// primary group (unless --group), no supplementary groups, and HOME, USER and
+    /// LOGNAME set to it. The master itself stays root, to keep its sockets and to
+    /// re-execute itself on SIGUSR2.
+    #[arg(long, env = "FERRY_USER")]
+    pub user: Option<String>,
+
+    /// Run workers with this group (a name or a gid).
+    #[arg(long, env = "FERRY_GROUP")]
+    pub group: Option<String>,
+
+    /// Workers start in this folder.
+    #[arg(long, env = "FERRY_CHDIR")]
+    pub chdir: Option<std::path::PathBuf>,
+
+    /// Workers start with this umask, in octal (022, 077).
+    #[arg(long, env = "FERRY_UMASK", value_parser = octal_mode)]
+    pub umask: Option<u32>,
+
+    /// Allow --user root (or uid 0): workers that run as root can undo every
+    /// bound the master sets.
+    #[arg(long, env = "FERRY_ALLOW_ROOT_WORKERS")]
+    pub allow_root_workers: bool,
+
     /// The worker command and its arguments, after `--`.
     #[arg(required = true, last = true, value_name = "WORKER_CMD")]
     pub command: Vec<String>,
@@ -328,6 +365,13 @@ impl Config {
             None => (1, 1024, false),
         }
     }
+}
+
+fn octal_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("`{s}` is not an octal mode (examples: 0660, 0600, 022)"))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::ctx::Ctx;
 use crate::slots::Slots;
+use crate::sockfile::Owned;
 
 /// Longest request line read; a longer one is an error, and the connection closes.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -44,18 +45,20 @@ pub enum Stop {
 /// Where the control socket lives by default, for the master listening on `port`:
 /// `$XDG_RUNTIME_DIR/ferry/<port>.sock`, or `/run/ferry/<port>.sock` for root, or
 /// under the temporary directory when neither is there.
-pub fn default_path(port: u16) -> PathBuf {
+pub fn default_path(name: &str) -> PathBuf {
     let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("ferry"),
         _ if unsafe { libc::geteuid() } == 0 => PathBuf::from("/run/ferry"),
         _ => std::env::temp_dir().join(format!("ferry-{}", unsafe { libc::geteuid() })),
     };
-    dir.join(format!("{port}.sock"))
+    dir.join(format!("{name}.sock"))
 }
 
 /// Binds the control socket at `path`: its folder made (0700) if missing, a stale
-/// socket file from a dead master replaced, a live one refused.
-pub fn bind(path: &Path) -> io::Result<Listener> {
+/// socket file from a dead master replaced, a live one refused. The file is removed
+/// at exit by the caller, through the [`Owned`] returned, only if it is still ours
+/// (after an upgrade the new master's has replaced it).
+pub fn bind(path: &Path) -> io::Result<(Listener, Owned)> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             use std::os::unix::fs::DirBuilderExt;
@@ -65,38 +68,18 @@ pub fn bind(path: &Path) -> io::Result<Listener> {
                 .create(dir)?;
         }
     }
-    if path.exists() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!(
-                        "another ferry is answering on {} (choose another with --control-socket)",
-                        path.display()
-                    ),
-                ))
-            }
-            // Nobody accepts on it: a dead master's leftover.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path)?;
-            }
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!(
-                        "{} exists and is not a socket ferry can replace: {e}",
-                        path.display()
-                    ),
-                ))
-            }
-        }
-    }
+    crate::sockfile::clear_stale(
+        path,
+        "another ferry",
+        "choose another with --control-socket",
+    )?;
     let name = path.to_fs_name::<GenericFilePath>()?;
-    ListenerOptions::new()
+    let listener = ListenerOptions::new()
         .name(name)
         .mode(0o600)
-        .reclaim_name(true)
-        .create_tokio()
+        .reclaim_name(false)
+        .create_tokio()?;
+    Ok((listener, Owned::at(path)?))
 }
 
 /// Answers control requests until the process exits.

@@ -72,7 +72,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     let path = ctl
         .socket
         .clone()
-        .unwrap_or_else(|| crate::control::default_path(ctl.port));
+        .unwrap_or_else(|| crate::control::default_path(&ctl.port.to_string()));
     let request = match &ctl.command {
         Command::Status => json!({"cmd": "status"}),
         Command::Workers => json!({"cmd": "workers"}),

@@ -23,13 +23,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +37,7 @@ use crate::access_log::{Dispatched, Record};
 use crate::activity::{Activity, Busy};
 use crate::body::ResponseBody;
 use crate::ctx::Ctx;
+use crate::listen::{Listener, Stream};
 
 /// hyper refuses read buffers under 8 KiB.
 const MIN_BUF: usize = 8192;
@@ -48,14 +47,13 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves until `shutdown`, then stops accepting and waits for every open
 /// connection to finish its request in progress (idle keep-alive ones close at once).
-/// At most `max_connections` are open at once.
+/// At most `max_connections` are open at once, over all `listeners`.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     ctx: Arc<Ctx>,
     shutdown: CancellationToken,
     max_connections: usize,
 ) {
-    let graceful = GracefulShutdown::new();
     let cfg = &ctx.config;
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
@@ -68,88 +66,123 @@ pub async fn serve(
         .max_header_list_size(cfg.max_header_size.min(u32::MAX as u64) as u32)
         // Each stream is a worker slot: one connection gets its share, not the pool.
         .max_concurrent_streams(cfg.streams_per_connection());
-    let builders = Arc::new((h1, h2));
-    // Every connection's task, so a graceful stop can wait for the HTTP/2 ones too
-    // (hyper-util's watcher covers HTTP/1.1; HTTP/2 connections handle the stop
-    // themselves, beside their idle check).
-    let tasks = TaskTracker::new();
-    let open = Arc::new(Semaphore::new(max_connections));
-    let mut accept_errors = Every::second();
-    let mut at_cap = Every::minute();
-    loop {
-        // At the cap, wait for a connection to close before accepting another: the
-        // kernel's backlog holds the rest, and our descriptors stay free for workers.
-        let permit = match open.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if at_cap.due() {
-                    tracing::warn!("{max_connections} connections open (--max-connections): accepting paused until one closes");
+    let front = Front {
+        ctx: ctx.clone(),
+        builders: Arc::new((h1, h2)),
+        graceful: GracefulShutdown::new(),
+        // Every connection's task, so a graceful stop can wait for the HTTP/2 ones
+        // too (hyper-util's watcher covers HTTP/1.1; HTTP/2 connections handle the
+        // stop themselves, beside their idle check).
+        tasks: TaskTracker::new(),
+        open: Arc::new(Semaphore::new(max_connections)),
+        max_connections,
+        shutdown,
+    };
+    futures_util::future::join_all(listeners.into_iter().map(|l| front.accept_loop(l))).await;
+    front.tasks.close();
+    tokio::join!(front.graceful.shutdown(), front.tasks.wait());
+}
+
+/// What the accept loops of every listener share.
+struct Front {
+    ctx: Arc<Ctx>,
+    builders: Arc<(http1::Builder, http2::Builder<TokioExecutor>)>,
+    graceful: GracefulShutdown,
+    tasks: TaskTracker,
+    open: Arc<Semaphore>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+}
+
+/// At a graceful stop, how long a connection accepted but silent so far still has to
+/// send its first request (it may have been sent already, in flight to us).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+impl Front {
+    /// Accepts on one listener until the stop; the listener closes when it returns.
+    async fn accept_loop(&self, listener: Listener) {
+        let (open, shutdown, max_connections) = (&self.open, &self.shutdown, self.max_connections);
+        let mut accept_errors = Every::second();
+        let mut at_cap = Every::minute();
+        loop {
+            // At the cap, wait for a connection to close before accepting another: the
+            // kernel's backlog holds the rest, and our descriptors stay free for workers.
+            let permit = match open.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if at_cap.due() {
+                        tracing::warn!("{max_connections} connections open (--max-connections): accepting paused until one closes");
+                    }
+                    tokio::select! {
+                        p = open.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                        _ = shutdown.cancelled() => break,
+                    }
                 }
-                tokio::select! {
-                    p = open.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.cancelled() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning,
+                    // and say so once a second, not twenty times.
+                    if let Some(suppressed) = accept_errors.due_counting() {
+                        tracing::warn!(
+                            "accept failed on {}: {e} ({suppressed} more like it since the last report)",
+                            listener.label()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Taken now, so a graceful stop waits for this connection from the start.
+            let watcher = self.graceful.watcher();
+            let (ctx, builders, shutdown) =
+                (self.ctx.clone(), self.builders.clone(), shutdown.clone());
+            self.tasks.spawn(async move {
+                let _permit = permit;
+                let cfg = &ctx.config;
+                let (timeout, send_timeout) = (cfg.header_read_timeout, cfg.send_timeout);
+                let mut stream = stream;
+                let stopped = async {
+                    shutdown.cancelled().await;
+                    tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+                };
+                let (prefix, is_h2) = tokio::select! {
+                    r = tokio::time::timeout(timeout, sniff(&mut stream)) => match r {
+                        Ok(Ok(sniffed)) => sniffed,
+                        // Closed, failed, or silent for too long: nothing to answer.
+                        _ => return,
                     },
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                // Typically out of file descriptors: back off instead of spinning, and
-                // say so once a second, not twenty times.
-                if let Some(suppressed) = accept_errors.due_counting() {
-                    tracing::warn!(
-                        "accept failed: {e} ({suppressed} more like it since the last report)"
+                    () = stopped => return,
+                };
+                let io = TokioIo::new(ClientIo::new(stream, prefix, send_timeout));
+                let (h1, h2) = &*builders;
+                let ended = if is_h2 {
+                    drop(watcher);
+                    let activity = Arc::new(Activity::default());
+                    let conn = h2.serve_connection(
+                        io,
+                        service(ctx.clone(), peer.clone(), Some(activity.clone())),
                     );
+                    serve_h2(conn, activity, timeout, send_timeout, shutdown).await
+                } else {
+                    watcher
+                        .watch(h1.serve_connection(io, service(ctx.clone(), peer.clone(), None)))
+                        .await
+                };
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, "connection ended: {e}");
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        // Taken now, so a graceful stop waits for this connection from the start.
-        let watcher = graceful.watcher();
-        let (ctx, builders, shutdown) = (ctx.clone(), builders.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            let _permit = permit;
-            let cfg = &ctx.config;
-            let (timeout, send_timeout) = (cfg.header_read_timeout, cfg.send_timeout);
-            let mut stream = stream;
-            let (prefix, is_h2) = tokio::select! {
-                r = tokio::time::timeout(timeout, sniff(&mut stream)) => match r {
-                    Ok(Ok(sniffed)) => sniffed,
-                    // Closed, failed, or silent for too long: nothing to answer.
-                    _ => return,
-                },
-                _ = shutdown.cancelled() => return,
-            };
-            let io = TokioIo::new(ClientIo::new(stream, prefix, send_timeout));
-            let (h1, h2) = &*builders;
-            let ended = if is_h2 {
-                drop(watcher);
-                let activity = Arc::new(Activity::default());
-                let conn =
-                    h2.serve_connection(io, service(ctx.clone(), peer, Some(activity.clone())));
-                serve_h2(conn, activity, timeout, send_timeout, shutdown).await
-            } else {
-                watcher
-                    .watch(h1.serve_connection(io, service(ctx.clone(), peer, None)))
-                    .await
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-        });
+            });
+        }
     }
-    drop(listener);
-    tasks.close();
-    tokio::join!(graceful.shutdown(), tasks.wait());
 }
 
 /// A log line at most once per period, counting the ones it held back.
@@ -198,7 +231,7 @@ impl Every {
 /// so a client that stops halfway costs nothing until the caller's timeout. (A `P…`
 /// request head trickled byte by byte can so take up to twice
 /// `--header-read-timeout`: this wait, then hyper's own.)
-async fn sniff(stream: &mut TcpStream) -> io::Result<(Prefix, bool)> {
+async fn sniff(stream: &mut Stream) -> io::Result<(Prefix, bool)> {
     let mut prefix = Prefix {
         buf: [0; 24],
         start: 0,
@@ -232,14 +265,14 @@ struct Prefix {
 /// which ends the connection (nginx's `send_timeout`). The timer exists only while a
 /// write is waiting, so the usual write that goes straight through costs nothing.
 pub struct ClientIo {
-    stream: TcpStream,
+    stream: Stream,
     prefix: Prefix,
     send_timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl ClientIo {
-    fn new(stream: TcpStream, prefix: Prefix, send_timeout: Duration) -> Self {
+    fn new(stream: Stream, prefix: Prefix, send_timeout: Duration) -> Self {
         ClientIo {
             stream,
             prefix,
@@ -387,7 +420,7 @@ where
 /// `activity`, each request counts as in progress until its response is done.
 fn service(
     ctx: Arc<Ctx>,
-    peer: SocketAddr,
+    peer: Arc<str>,
     activity: Option<Arc<Activity>>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
@@ -395,8 +428,6 @@ fn service(
     Error = Infallible,
     Future = impl std::future::Future<Output = Result<http::Response<Logged>, Infallible>> + Send,
 > + Clone {
-    // Formatted once per connection, not once per request.
-    let peer: Arc<str> = peer.to_string().into();
     service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
         let peer = peer.clone();

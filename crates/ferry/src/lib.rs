@@ -2,7 +2,8 @@
 //! runtime; everything else lives here, public so that benchmarks and tests can
 //! drive the real code. It is not a stable API.
 //!
-//! Modules, in the order a request meets them: [`front`] (HTTP connections),
+//! Modules, in the order a request meets them: [`listen`] (the listening sockets:
+//! bound, inherited, accepted on; [`sockfile`] their files), [`front`] (HTTP connections),
 //! [`proxy`] (one request's exchange), [`dispatch`] (the pool, the table of requests
 //! in flight on each worker, its channel and writer), [`body`] (the response body
 //! back to the client), [`activity`] (whether the client keeps up), [`access_log`] (a line per response). The workers behind it: [`worker`] (one process's handshake
@@ -19,6 +20,10 @@
 //! only `dispatch`, `spawn`, `stats`, `process` and `config`.
 
 // The request's path, in order. (Blank lines keep rustfmt from sorting them.)
+pub mod listen;
+
+pub mod sockfile;
+
 pub mod front;
 
 pub mod proxy;
@@ -46,8 +51,12 @@ pub mod scaler;
 
 pub mod notify;
 
+pub mod privilege;
+
 // Holding it together.
 pub mod master;
+
+pub mod upgrade;
 
 pub mod control;
 

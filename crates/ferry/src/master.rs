@@ -20,9 +20,14 @@ use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::control::Stop;
 use crate::ctx::Ctx;
+use crate::listen::{Listener, Spec};
+use crate::privilege::Launch;
 use crate::slots::Slots;
+use crate::sockfile::Owned;
 use crate::spawn::Spawner;
-use std::path::PathBuf;
+use crate::upgrade::Inherited;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 
 /// Runs the master until it stops. `log_dropped` counts log lines lost to a slow
 /// stderr, for `/status`.
@@ -31,16 +36,50 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         eprintln!("ferry: {e}");
         return ExitCode::FAILURE;
     }
-    let listener = match TcpListener::bind(config.listen).await {
+    // Taken first, before anything could replace the file: SIGUSR2 runs this path.
+    let exe = std::env::current_exe().ok();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let launch = match Launch::from_config(&config) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("ferry: cannot listen on {}: {e}", config.listen);
+            eprintln!("ferry: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let admin = match config.admin_listen {
-        None => None,
-        Some(at) => match TcpListener::bind(at).await {
+    let mut inherited = match crate::upgrade::inherited() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("ferry: the sockets handed over by the old master: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listeners = match open_listeners(&config, &launch, inherited.as_mut()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Files to remove at exit, each only if still ours; an upgrade hands them over.
+    let mut files = Files(
+        listeners
+            .iter()
+            .filter_map(|l| l.owned().cloned())
+            .collect(),
+    );
+    let admin = match (
+        inherited.as_mut().and_then(|i| i.admin.take()),
+        config.admin_listen,
+    ) {
+        (Some(l), _) => match TcpListener::from_std(l) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("ferry: the admin endpoint handed over: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => None,
+        (None, Some(at)) => match TcpListener::bind(at).await {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("ferry: cannot listen on {at} for the admin endpoint: {e}");
@@ -48,7 +87,7 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
             }
         },
     };
-    let (mut term, mut int, mut quit, mut hup, mut ttin, mut ttou, mut usr1) = match (
+    let (mut term, mut int, mut quit, mut hup, mut ttin, mut ttou, mut usr1, mut usr2) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::quit()),
@@ -56,8 +95,9 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         signal(SignalKind::from_raw(libc::SIGTTIN)),
         signal(SignalKind::from_raw(libc::SIGTTOU)),
         signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
     ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f), Ok(g)) => (a, b, c, d, e, f, g),
+        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f), Ok(g), Ok(h)) => (a, b, c, d, e, f, g, h),
         _ => {
             eprintln!("ferry: cannot install signal handlers");
             return ExitCode::FAILURE;
@@ -74,15 +114,24 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
             }
         },
     };
-    let port = listener
-        .local_addr()
-        .map_or(config.listen.port(), |a| a.port());
     let control = match config.control_socket.as_deref() {
         Some("off") => None,
         chosen => {
-            let path = chosen.map_or_else(|| crate::control::default_path(port), PathBuf::from);
-            match crate::control::bind(&path) {
-                Ok(l) => Some((l, path)),
+            let path = chosen.map_or_else(
+                || crate::control::default_path(&control_name(&listeners)),
+                PathBuf::from,
+            );
+            // A new master (an upgrade) binds beside the old one's socket, and renames
+            // its own over it once it serves.
+            let bound_at = match inherited {
+                Some(_) => crate::upgrade::staging_path(&path, std::process::id()),
+                None => path.clone(),
+            };
+            match crate::control::bind(&bound_at) {
+                Ok((l, owned)) => {
+                    files.0.push(owned);
+                    Some((l, path, bound_at))
+                }
                 // A socket asked for by name must work; the default is a convenience.
                 Err(e) if chosen.is_some() => {
                     eprintln!(
@@ -103,7 +152,7 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
     };
     let ctx = Ctx::new(
         config,
-        Spawner::start(tokio::runtime::Handle::current()),
+        Spawner::start(tokio::runtime::Handle::current(), launch),
         access_log,
     );
     if let Some(counter) = log_dropped {
@@ -131,12 +180,23 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         return ExitCode::FAILURE;
     }
 
-    let addr = listener
-        .local_addr()
-        .map_or_else(|_| ctx.config.listen.to_string(), |a| a.to_string());
+    let addr = listeners
+        .iter()
+        .map(|l| match l.is_tcp() {
+            true => format!("http://{}", l.label()),
+            false => l.label().to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" and ");
+    // What an upgrade hands over: each listener, and whether its file is ours.
+    let handed: Vec<(RawFd, bool)> = listeners
+        .iter()
+        .map(|l| (l.as_raw_fd(), l.owned().is_some()))
+        .collect();
+    let admin_fd = admin.as_ref().map(|a| a.as_raw_fd());
     let shutdown = CancellationToken::new();
     let front = tokio::spawn(crate::front::serve(
-        listener,
+        listeners,
         ctx.clone(),
         shutdown.clone(),
         max_connections,
@@ -148,12 +208,23 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         tokio::spawn(crate::admin::serve(admin, ctx.clone()));
     }
     tracing::info!(
-        "ferry listening on http://{addr} with {workers} worker(s): {}",
+        "ferry listening on {addr} with {workers} worker(s): {}",
         ctx.command.join(" ")
     );
 
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
-    if let Some((listener, path)) = control {
+    if let Some((listener, path, bound_at)) = control {
+        if bound_at != path {
+            // The old master's socket is replaced only now that this one serves.
+            match std::fs::rename(&bound_at, &path) {
+                Ok(()) => files.moved(&bound_at, &path),
+                Err(e) => tracing::warn!(
+                    "upgrade: cannot move the control socket to {}: {e}; it is at {}",
+                    path.display(),
+                    bound_at.display()
+                ),
+            }
+        }
         tracing::info!(
             "control socket at {} (ferry ctl --socket {})",
             path.display(),
@@ -172,10 +243,17 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
     // start what depends on us.
     crate::notify::say(crate::notify::Say::Ready, crate::notify::status_line(&ctx));
     tokio::spawn(crate::notify::keep_up(ctx.clone()));
+    if let Some(i) = inherited.take() {
+        tracing::info!("upgrade: serving; telling the old master to stop accepting and drain");
+        crate::upgrade::say_ready(i.ready);
+    }
+    let (upgraded_tx, mut upgraded_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut upgrading = false;
     if sizes_itself {
         tokio::spawn(crate::scaler::run(ctx.clone(), slots.clone()));
     }
 
+    let mut handed_over = false;
     let graceful = loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -191,6 +269,40 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
                 }
             }
             _ = ttou.recv() => { slots.shrink("SIGTTOU"); }
+            _ = usr2.recv() => {
+                let Some(exe) = exe.clone() else {
+                    tracing::warn!("SIGUSR2: cannot upgrade: the path of this binary is unknown");
+                    continue;
+                };
+                if upgrading {
+                    tracing::warn!("SIGUSR2: an upgrade is already under way");
+                    continue;
+                }
+                upgrading = true;
+                tracing::info!("SIGUSR2: starting a new master from {}", exe.display());
+                let handover = (exe, args.clone(), handed.clone(), admin_fd);
+                let (within, done) = (ctx.config.start_timeout, upgraded_tx.clone());
+                tokio::spawn(async move {
+                    let (exe, args, listeners, admin) = handover;
+                    let _ = done.send(crate::upgrade::run(crate::upgrade::Handover {
+                        exe: &exe, args: &args, listeners, admin, within,
+                    }).await);
+                });
+            }
+            Some(outcome) = upgraded_rx.recv() => {
+                upgrading = false;
+                match outcome {
+                    Ok(pid) => {
+                        tracing::info!("upgrade: the new master ({pid}) is ready; this master ({}) stops accepting and drains", std::process::id());
+                        crate::notify::say(crate::notify::Say::MainPid(pid), format!("upgraded to master {pid}"));
+                        // The sockets and their files are the new master's now.
+                        files.0.clear();
+                        handed_over = true;
+                        break true;
+                    }
+                    Err(e) => tracing::warn!("upgrade failed: {e}; this master keeps serving"),
+                }
+            }
             _ = term.recv() => break true,
             _ = int.recv() => break true,
             _ = quit.recv() => break false,
@@ -208,8 +320,15 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
 
     ctx.stopping
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    crate::notify::say(crate::notify::Say::Stopping, "stopping gracefully".into());
-    let delay = ctx.config.drain_delay;
+    // After an upgrade the listeners stay open in the new master: no lame duck, and
+    // systemd hears from the new main process.
+    let delay = match handed_over {
+        true => std::time::Duration::ZERO,
+        false => {
+            crate::notify::say(crate::notify::Say::Stopping, "stopping gracefully".into());
+            ctx.config.drain_delay
+        }
+    };
     if !delay.is_zero() {
         tracing::info!(
             "lame duck: /readyz answers 503; still serving for {delay:?} (--drain-delay) before the graceful stop"
@@ -246,6 +365,94 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
             tracing::warn!("second signal: stopping now; killing every worker");
             ctx.kill_all();
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The public listeners: handed over by an upgrade, else `--listen`, else systemd's
+/// (`LISTEN_FDS`), else 127.0.0.1:8080.
+fn open_listeners(
+    config: &Config,
+    launch: &Launch,
+    inherited: Option<&mut Inherited>,
+) -> Result<Vec<Listener>, String> {
+    if let Some(i) = inherited {
+        return Ok(std::mem::take(&mut i.listeners));
+    }
+    let opts = crate::listen::Options {
+        backlog: config.backlog,
+        mode: config.listen_mode,
+        owner: launch.socket_owner(),
+    };
+    let passed = crate::listen::from_systemd()?;
+    if config.listen.is_empty() && !passed.is_empty() {
+        return Ok(passed);
+    }
+    if !passed.is_empty() {
+        tracing::info!(
+            "--listen is given: not using the {} socket(s) systemd passed (LISTEN_FDS)",
+            passed.len()
+        );
+    }
+    let default = [Spec::Tcp(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        8080,
+    )))];
+    let specs = match config.listen.is_empty() {
+        true => &default[..],
+        false => &config.listen[..],
+    };
+    let mut listeners = Vec::new();
+    for spec in specs {
+        match crate::listen::open(spec, opts) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                // Those already made go, files and all.
+                for l in &listeners {
+                    if let Some(f) = l.owned() {
+                        f.remove();
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+/// The default control socket's name: the first TCP port, else the first Unix
+/// socket's file name.
+fn control_name(listeners: &[Listener]) -> String {
+    if let Some(port) = listeners.iter().find_map(Listener::port) {
+        return port.to_string();
+    }
+    listeners
+        .first()
+        .and_then(|l| l.label().strip_prefix("unix:").map(Path::new))
+        .and_then(|p| p.file_stem())
+        .map_or_else(|| "ferry".into(), |s| s.to_string_lossy().into_owned())
+}
+
+/// Socket files this master made, removed when it exits (each only if still ours).
+struct Files(Vec<Owned>);
+
+impl Files {
+    /// One of them was renamed.
+    fn moved(&mut self, from: &Path, to: &Path) {
+        for f in &mut self.0 {
+            if f.path() == from {
+                if let Ok(now) = Owned::at(to) {
+                    *f = now;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            f.remove();
         }
     }
 }

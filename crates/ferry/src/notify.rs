@@ -23,6 +23,8 @@ pub enum Say {
     Ready,
     Reloading,
     Stopping,
+    /// A new master (an upgrade) takes over as the service's main process.
+    MainPid(u32),
 }
 
 /// Whether systemd listens.
@@ -40,6 +42,7 @@ pub fn say(say: Say, status: String) {
         match say {
             Say::Ready => states.push(NotifyState::Ready),
             Say::Stopping => states.push(NotifyState::Stopping),
+            Say::MainPid(pid) => states.push(NotifyState::MainPid(pid)),
             Say::Reloading => {
                 states.push(NotifyState::Reloading);
                 // `Type=notify-reload` wants the time the reload began.

@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
+use crate::privilege::Launch;
 use crate::sync::lock;
 
 /// The soft descriptor limit workers start with: the one the master itself was
@@ -55,8 +56,9 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Starts the spawner thread; it lives as long as the process.
-    pub fn start(rt: tokio::runtime::Handle) -> Self {
+    /// Starts the spawner thread; it lives as long as the process. Every worker is
+    /// started as `launch` says.
+    pub fn start(rt: tokio::runtime::Handle, launch: Launch) -> Self {
         let (jobs, rx) = std_mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("ferry-spawner".into())
@@ -64,7 +66,7 @@ impl Spawner {
                 // tokio's child reaping must be registered from inside the runtime.
                 let _enter = rt.enter();
                 for job in rx {
-                    let _ = job.reply.send(fork_one(&job.command, job.index));
+                    let _ = job.reply.send(fork_one(&job.command, job.index, &launch));
                 }
             })
             .expect("the spawner thread starts");
@@ -121,7 +123,7 @@ impl Spawner {
 }
 
 /// Runs on the spawner thread.
-fn fork_one(command: &[String], index: usize) -> io::Result<(Child, OwnedFd)> {
+fn fork_one(command: &[String], index: usize, launch: &Launch) -> io::Result<(Child, OwnedFd)> {
     let (master_end, child_end) = StdUnixStream::pair()?;
     let child_fd = child_end.as_raw_fd();
     let parent_pid = std::process::id() as libc::pid_t;
@@ -133,12 +135,32 @@ fn fork_one(command: &[String], index: usize) -> io::Result<(Child, OwnedFd)> {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
+        // Nor are the master's listeners theirs.
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove(crate::upgrade::FDS_ENV)
+        .env_remove(crate::upgrade::READY_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own group, so that stopping a worker stops everything it started.
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(gid) = launch.gid {
+        cmd.gid(gid);
+    }
+    if let Some(uid) = launch.uid {
+        // std drops the supplementary groups too, before setuid.
+        cmd.uid(uid);
+    }
+    for (k, v) in &launch.env {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = &launch.chdir {
+        cmd.current_dir(dir);
+    }
+    let umask = launch.umask;
     // Between fork and exec only async-signal-safe calls are allowed: these are.
     unsafe {
         cmd.pre_exec(move || {
@@ -149,6 +171,9 @@ fn fork_one(command: &[String], index: usize) -> io::Result<(Child, OwnedFd)> {
                 }
             } else if libc::dup2(child_fd, CHANNEL_FD) == -1 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(mask) = umask {
+                libc::umask(mask as libc::mode_t);
             }
             // SIGTERM, not SIGKILL: a worker gets the chance to take its own process
             // group down with it (the SDK does), so no grandchild outlives the master.
