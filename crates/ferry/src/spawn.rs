@@ -141,6 +141,7 @@ fn fork_one(command: &[String], index: usize, launch: &Launch) -> io::Result<(Ch
         .env_remove("LISTEN_FDNAMES")
         .env_remove(crate::upgrade::FDS_ENV)
         .env_remove(crate::upgrade::READY_ENV)
+        .env_remove(crate::upgrade::ADMIN_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

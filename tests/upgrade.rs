@@ -1,0 +1,211 @@
+//! Replacing the master binary with no request lost (SIGUSR2): the new master takes
+//! the listening sockets over, and the old one drains only once the new one serves;
+//! a new binary that fails leaves the old master serving.
+
+mod harness;
+
+use harness::*;
+use http::StatusCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Kills a master this test did not start itself (and so its workers, by their
+/// parent-death signal).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let workers = children_of(self.0);
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        for w in workers {
+            unsafe { libc::kill(-(w as i32), libc::SIGKILL) };
+        }
+    }
+}
+
+/// What a client loop saw.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    /// A keep-alive connection closed by the server as idle, before this request
+    /// was read: retried on a new connection, as RFC 9112 section 9.3.1 allows and
+    /// every client and load balancer does.
+    retried: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// `clients` keep-alive connections sending GETs until `stop`.
+fn load(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..clients)
+        .map(|_| {
+            let (stop, tally) = (stop.clone(), tally.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                let mut conn = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let fresh = conn.is_none();
+                    if fresh {
+                        // A refused connection panics here, and fails the test.
+                        conn = Some(Conn::open(addr).await);
+                    }
+                    let c = conn.as_mut().unwrap();
+                    match c.try_send(request("/")).await {
+                        Ok(r) if r.status == StatusCode::OK => {
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => {
+                            tally.failed.fetch_add(1, Ordering::Relaxed);
+                            failures.push(format!("status {}", r.status));
+                        }
+                        Err(e) if !fresh && e.is_incomplete_message() => {
+                            tally.retried.fetch_add(1, Ordering::Relaxed);
+                            conn = None;
+                        }
+                        Err(e) if e.is_closed() || e.is_canceled() => {
+                            // Closed after an answer with `Connection: close`.
+                            conn = None;
+                            if fresh {
+                                tally.failed.fetch_add(1, Ordering::Relaxed);
+                                failures.push(format!("fresh connection: {e}"));
+                            } else {
+                                tally.retried.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => {
+                            tally.failed.fetch_add(1, Ordering::Relaxed);
+                            failures.push(format!("request: {e}"));
+                            conn = None;
+                        }
+                    }
+                }
+                failures
+            })
+        })
+        .collect()
+}
+
+fn request(path: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::get(path)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap()
+}
+
+/// Waits until `tally` has counted `more` answers beyond what it had.
+async fn answers(tally: &Tally, more: u64) {
+    let target = tally.ok.load(Ordering::Relaxed) + more;
+    let deadline = std::time::Instant::now() + WAIT;
+    while tally.ok.load(Ordering::Relaxed) < target {
+        assert!(std::time::Instant::now() < deadline, "the load stalled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_upgrades_the_master_under_load_with_nothing_lost() {
+    let dir = fresh_dir("upgrade");
+    let control = dir.join("c.sock");
+    let control_arg = control.to_string_lossy().into_owned();
+    let mut ferry = Ferry::testbed(&["--workers", "2", "--control-socket", &control_arg]);
+    let old = ferry.pid();
+    let addr = ferry.addr;
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let clients = load(addr, 64, stop.clone(), tally.clone());
+    answers(&tally, 500).await;
+
+    ferry.signal(libc::SIGUSR2);
+    let line = ferry
+        .log
+        .wait_for("upgrade: the new master (", WAIT)
+        .unwrap_or_else(|| panic!("no upgrade; log:\n{}", ferry.log.text()));
+    let new: u32 = line
+        .split("upgrade: the new master (")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the new master's pid");
+    let _new_master = KillOnDrop(new);
+    assert_ne!(new, old);
+    let status = ferry.wait_exit(WAIT).expect("the old master exits");
+    assert!(status.success(), "{status:?}; log:\n{}", ferry.log.text());
+    // The load goes on against the new master alone.
+    answers(&tally, 500).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.unwrap());
+    }
+    let (ok, retried) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.retried.load(Ordering::Relaxed),
+    );
+    eprintln!("{ok} answered, {retried} retried on a new connection after an idle close");
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+
+    // Its workers are the new master's children, and the control socket is its own.
+    let me = get(addr, "/pid").await.text();
+    let worker = pid_in(&me);
+    assert!(
+        children_of(new).contains(&worker),
+        "{worker} is not {new}'s"
+    );
+    let (code, out, err) = ctl(&control, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("pid {new}")), "{out}");
+    assert!(!dir.join(format!("c.sock.{new}.new")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_binary_that_fails_leaves_the_old_master_serving() {
+    let dir = fresh_dir("upgrade-broken");
+    let copy = dir.join("ferry");
+    std::fs::copy(bin("ferry"), &copy).unwrap();
+    let ferry = Ferry::builder(&["--workers", "1", "--start-timeout", "2s"], &[&testbed()])
+        .binary(&copy)
+        .start();
+    // Installed over the binary as a package manager would: a new file renamed in.
+    let install = |script: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let next = dir.join("ferry.next");
+        std::fs::write(&next, script).unwrap();
+        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&next, &copy).unwrap();
+    };
+
+    install("#!/bin/sh\nexit 1\n");
+    ferry.signal(libc::SIGUSR2);
+    let line = ferry
+        .log
+        .wait_for("upgrade failed", WAIT)
+        .expect("the failure is logged");
+    assert!(line.contains("exited before it was ready"), "{line}");
+    assert!(line.contains("keeps serving"), "{line}");
+    assert_eq!(get(ferry.addr, "/").await.text(), "Hello, world!\n");
+
+    // One that hangs is killed after --start-timeout.
+    install("#!/bin/sh\nexec sleep 60\n");
+    ferry.signal(libc::SIGUSR2);
+    let line = ferry
+        .log
+        .wait_for_nth("upgrade failed", 2, WAIT)
+        .expect("the second failure is logged");
+    assert!(line.contains("not ready within 2s"), "{line}");
+    assert_eq!(get(ferry.addr, "/").await.text(), "Hello, world!\n");
+    assert!(ferry
+        .log
+        .wait_for("upgrade: the new master (", Duration::from_secs(5))
+        .is_some_and(|l| l.contains("ended")));
+    assert!(alive(ferry.pid()));
+}
