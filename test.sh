@@ -5,6 +5,21 @@
 # SDK scripts create their own venv and node_modules from the package registries.
 set -euo pipefail
 cd "$(dirname "$0")"
+# The deployment tests (tests/fleet.rs, tests/listen.rs) drive a real nginx, curl and
+# systemd-socket-activate: installed with apt-get where missing. If that fails, those
+# tests say they skipped and the rest runs.
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v systemd-socket-activate >/dev/null 2>&1 || missing+=(systemd)
+if ((${#missing[@]})); then
+    sudo=()
+    if [ "$(id -u)" -ne 0 ]; then sudo=(sudo -n); fi
+    echo "test.sh: installing ${missing[*]} for the deployment tests" >&2
+    { "${sudo[@]}" apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}"; } >/dev/null 2>&1 ||
+        echo "test.sh: could not install ${missing[*]}: those tests will skip" >&2
+fi
 cargo test --workspace
 cargo build --quiet -p ferry
 export FERRY_BIN="$PWD/target/debug/ferry"

@@ -120,21 +120,44 @@ async fn sigusr2_upgrades_the_master_under_load_with_nothing_lost() {
     let clients = load(addr, 64, stop.clone(), tally.clone());
     answers(&tally, 500).await;
 
-    ferry.signal(libc::SIGUSR2);
-    let line = ferry
-        .log
-        .wait_for("upgrade: the new master (", WAIT)
-        .unwrap_or_else(|| panic!("no upgrade; log:\n{}", ferry.log.text()));
-    let new: u32 = line
-        .split("upgrade: the new master (")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the new master's pid");
-    let _new_master = KillOnDrop(new);
-    assert_ne!(new, old);
-    let status = ferry.wait_exit(WAIT).expect("the old master exits");
-    assert!(status.success(), "{status:?}; log:\n{}", ferry.log.text());
+    // `bench/fleet.sh` upgrades many times over; CI once.
+    let rounds: usize = std::env::var("FERRY_FLEET_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    let mut masters = vec![];
+    let mut current = old;
+    for round in 1..=rounds {
+        unsafe { libc::kill(current as i32, libc::SIGUSR2) };
+        let line = ferry
+            .log
+            .wait_for_nth("upgrade: the new master (", round, WAIT)
+            .unwrap_or_else(|| panic!("no upgrade; log:\n{}", ferry.log.text()));
+        let new: u32 = line
+            .split("upgrade: the new master (")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .and_then(|p| p.parse().ok())
+            .expect("the new master's pid");
+        masters.push(KillOnDrop(new));
+        assert_ne!(new, current);
+        if current == old {
+            let status = ferry.wait_exit(WAIT).expect("the old master exits");
+            assert!(status.success(), "{status:?}; log:\n{}", ferry.log.text());
+        } else {
+            let deadline = std::time::Instant::now() + WAIT;
+            while alive(current) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{current} did not exit"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        answers(&tally, 300).await;
+        current = new;
+    }
+    let new = current;
     // The load goes on against the new master alone.
     answers(&tally, 500).await;
     stop.store(true, Ordering::Relaxed);

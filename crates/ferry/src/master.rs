@@ -1,12 +1,14 @@
-//! The master's top level: bind, start the pool's slots, fail loudly if the first
-//! workers cannot start, then serve until a signal says otherwise.
+//! The master's top level: bind (or inherit) the listeners, start the pool's slots,
+//! fail loudly if the first workers cannot start, then serve until a signal says
+//! otherwise.
 //!
 //! Signals: SIGTERM or SIGINT stop gracefully (stop accepting, let in-flight
 //! requests finish, drain the workers, exit 0; all within `--graceful-timeout`).
 //! A second one, or SIGQUIT, stops at once (workers killed, exit 1). SIGHUP replaces
 //! every worker, one at a time, each replacement ready before its predecessor drains.
 //! SIGTTIN adds a worker, SIGTTOU drains one away (`slots.rs`). SIGUSR1 reopens the
-//! access log (after logrotate moved it).
+//! access log (after logrotate moved it). SIGUSR2 upgrades the master binary: a new
+//! master takes the listeners over, and this one drains once it serves (`upgrade.rs`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
