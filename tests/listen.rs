@@ -118,6 +118,29 @@ fn unix_listener_files_stale_live_missing_folder_and_mode() {
     let (status, log) = Ferry::builder(&["--listen", &missing], &[&testbed()]).run_to_exit(WAIT);
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("does not exist"), "{log}");
+    // Not writable for this user: ferry run as nobody, a folder only root may write.
+    if is_root()
+        && std::process::Command::new("setpriv")
+            .arg("--help")
+            .output()
+            .is_ok()
+    {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let locked = format!("unix:{}", dir.join("locked.sock").display());
+        let (status, log) = Ferry::builder(&["--listen", &locked], &[&testbed()])
+            .wrapper(&[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ])
+            .run_to_exit(WAIT);
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(log.contains("is not writable for this user"), "{log}");
+    } else {
+        eprintln!("not checked: an unwritable folder (needs root and setpriv)");
+    }
+
     // A form that does not parse names the accepted ones.
     let (status, log) =
         Ferry::builder(&["--listen", "localhost:80"], &[&testbed()]).run_to_exit(WAIT);
