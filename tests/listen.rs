@@ -50,7 +50,21 @@ async fn a_unix_socket_listener_serves_beside_tcp_and_its_peer_is_unix() {
         "127.0.0.1:0",
         "--listen",
         &spec,
+        "--backlog",
+        "7",
     ]);
+    // ss shows a listening socket's backlog as its Send-Q.
+    match std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", ferry.addr.port())])
+        .output()
+    {
+        Ok(out) => {
+            let line = String::from_utf8_lossy(&out.stdout).into_owned();
+            let send_q = line.split_whitespace().nth(2);
+            assert_eq!(send_q, Some("7"), "--backlog 7: {line}");
+        }
+        Err(_) => eprintln!("ss is not installed: --backlog not checked"),
+    }
     assert!(
         ferry.log.text().contains(&format!("and {spec}")),
         "{}",

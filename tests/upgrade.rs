@@ -195,9 +195,58 @@ async fn a_new_binary_that_fails_leaves_the_old_master_serving() {
     let dir = fresh_dir("upgrade-broken");
     let copy = dir.join("ferry");
     std::fs::copy(bin("ferry"), &copy).unwrap();
-    let ferry = Ferry::builder(&["--workers", "1", "--start-timeout", "2s"], &[&testbed()])
+    let (sock, control, fail) = (dir.join("a.sock"), dir.join("c.sock"), dir.join("fail"));
+    let unix = format!("unix:{}", sock.display());
+    let control_arg = control.to_string_lossy().into_owned();
+    let args = [
+        "--workers",
+        "1",
+        "--start-timeout",
+        "2s",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        &unix,
+        "--control-socket",
+        &control_arg,
+    ];
+    let ferry = Ferry::builder(&args, &[&testbed()])
+        .env("FERRY_TESTBED_FAIL_IF_EXISTS", &fail.to_string_lossy())
         .binary(&copy)
         .start();
+
+    // A real new master whose workers cannot start exits; the old master's socket
+    // files stay, and it serves on.
+    std::fs::write(&fail, b"").unwrap();
+    ferry.signal(libc::SIGUSR2);
+    let line = ferry
+        .log
+        .wait_for("upgrade failed", WAIT)
+        .expect("the failure is logged");
+    assert!(line.contains("exited before it was ready"), "{line}");
+    std::fs::remove_file(&fail).unwrap();
+    assert_eq!(get(ferry.addr, "/").await.text(), "Hello, world!\n");
+    let over_unix = std::process::Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(&sock)
+        .arg("http://x/")
+        .output();
+    if let Ok(out) = over_unix {
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, world!\n");
+    }
+    assert!(
+        sock.exists(),
+        "the failed master removed the old one's socket file"
+    );
+    let (code, status, _) = ctl(&control, &["status"]);
+    assert_eq!(code, 0);
+    assert!(status.contains(&format!("pid {}", ferry.pid())), "{status}");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".new"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // Installed over the binary as a package manager would: a new file renamed in.
     let install = |script: &str| {
         use std::os::unix::fs::PermissionsExt;
@@ -222,8 +271,8 @@ async fn a_new_binary_that_fails_leaves_the_old_master_serving() {
     ferry.signal(libc::SIGUSR2);
     let line = ferry
         .log
-        .wait_for_nth("upgrade failed", 2, WAIT)
-        .expect("the second failure is logged");
+        .wait_for_nth("upgrade failed", 3, WAIT)
+        .expect("the third failure is logged");
     assert!(line.contains("not ready within 2s"), "{line}");
     assert_eq!(get(ferry.addr, "/").await.text(), "Hello, world!\n");
     assert!(ferry

@@ -63,12 +63,16 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         }
     };
     // Files to remove at exit, each only if still ours; an upgrade hands them over.
-    let mut files = Files(
-        listeners
-            .iter()
-            .filter_map(|l| l.owned().cloned())
-            .collect(),
-    );
+    // Handed to us by an upgrade, they become ours only once we serve: a new master
+    // that fails to start must leave the old one's socket files in place.
+    let listener_files: Vec<Owned> = listeners
+        .iter()
+        .filter_map(|l| l.owned().cloned())
+        .collect();
+    let mut files = Files(match inherited {
+        Some(_) => Vec::new(),
+        None => listener_files.clone(),
+    });
     let admin = match (
         inherited.as_mut().and_then(|i| i.admin.take()),
         config.admin_listen,
@@ -215,6 +219,7 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
     );
 
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
+    let control_path = control.as_ref().map(|(_, path, _)| path.clone());
     if let Some((listener, path, bound_at)) = control {
         if bound_at != path {
             // The old master's socket is replaced only now that this one serves.
@@ -248,6 +253,7 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
     if let Some(i) = inherited.take() {
         tracing::info!("upgrade: serving; telling the old master to stop accepting and drain");
         crate::upgrade::say_ready(i.ready);
+        files.0.extend(listener_files);
     }
     let (upgraded_tx, mut upgraded_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut upgrading = false;
@@ -282,12 +288,12 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
                 }
                 upgrading = true;
                 tracing::info!("SIGUSR2: starting a new master from {}", exe.display());
-                let handover = (exe, args.clone(), handed.clone(), admin_fd);
+                let handover = (exe, args.clone(), handed.clone(), admin_fd, control_path.clone());
                 let (within, done) = (ctx.config.start_timeout, upgraded_tx.clone());
                 tokio::spawn(async move {
-                    let (exe, args, listeners, admin) = handover;
+                    let (exe, args, listeners, admin, control) = handover;
                     let _ = done.send(crate::upgrade::run(crate::upgrade::Handover {
-                        exe: &exe, args: &args, listeners, admin, within,
+                        exe: &exe, args: &args, listeners, admin, control, within,
                     }).await);
                 });
             }

@@ -119,6 +119,8 @@ pub struct Handover<'a> {
     /// its socket file at exit.
     pub listeners: Vec<(RawFd, bool)>,
     pub admin: Option<RawFd>,
+    /// The control socket's path, beside which the new master binds its own.
+    pub control: Option<PathBuf>,
     /// How long the new master has to become ready.
     pub within: Duration,
 }
@@ -187,9 +189,14 @@ pub async fn run(h: Handover<'_>) -> Result<u32, String> {
         }
         Err(_) => {
             let _ = child.start_kill();
+            let staging = h.control.map(|c| staging_path(&c, pid));
             tokio::spawn(async move {
                 let status = child.wait().await;
                 tracing::info!("upgrade: the new master ({pid}) ended: {status:?}");
+                // Killed, it could not remove the control socket it was staging.
+                if let Some(path) = staging {
+                    let _ = std::fs::remove_file(path);
+                }
             });
         }
     }
