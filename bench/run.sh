@@ -8,7 +8,7 @@
 #   --duration SECS   length of each wrk run [default 5]
 #   (also --mode pinned|shared|both, --no-ipc, --results PATH: see `--help`)
 #
-# It installs wrk, strace and taskset (util-linux) with apt-get if they are missing,
+# It installs wrk, strace, taskset (util-linux) and nginx with apt-get if they are missing,
 # builds the release binaries (`cargo build --release --workspace --bins`) and runs
 # the orchestrator, target/release/ferry-bench, which starts ferry, its direct-HTTP
 # ceiling and (if `node` is installed; it is never installed here) a Node cluster
@@ -21,6 +21,7 @@ missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 if ((${#missing[@]})); then
     echo "bench/run.sh: installing ${missing[*]}" >&2
     sudo=()

@@ -23,17 +23,19 @@ pub enum Sys {
     Direct,
     Ferry,
     Node,
+    Nginx,
 }
 
 impl Sys {
     /// Also the order in which each round runs them.
-    pub const ALL: [Sys; 3] = [Sys::Direct, Sys::Ferry, Sys::Node];
+    pub const ALL: [Sys; 4] = [Sys::Direct, Sys::Ferry, Sys::Node, Sys::Nginx];
 
     pub fn name(self) -> &'static str {
         match self {
             Sys::Direct => "direct",
             Sys::Ferry => "ferry",
             Sys::Node => "node",
+            Sys::Nginx => "nginx",
         }
     }
 }
@@ -176,6 +178,8 @@ struct Env {
     /// target/ferry-bench: server logs and strace output.
     work: PathBuf,
     node: Option<String>,
+    /// nginx is installed (the reverse-proxy peer).
+    nginx: bool,
     taskset: bool,
     strace: Option<String>,
 }
@@ -250,6 +254,13 @@ fn argv(env: &Env, sys: Sys, port: u16) -> Vec<OsString> {
             env.root.join("bench/node-cluster.js").into_os_string(),
             port.to_string().into(),
         ],
+        Sys::Nginx => vec![
+            "bash".into(),
+            env.root.join("bench/nginx-uds.sh").into_os_string(),
+            port.to_string().into(),
+            env.work.join(format!("nginx-{port}")).into_os_string(),
+            testbed,
+        ],
     }
 }
 
@@ -305,8 +316,16 @@ fn start_all(env: &Env, mode: Mode, label: &str, warnings: &mut Vec<String>) -> 
         if sys == Sys::Node && env.node.is_none() {
             continue;
         }
+        if sys == Sys::Nginx && !env.nginx {
+            warn(
+                warnings,
+                "nginx is not installed: skipping the nginx → 2 direct row".into(),
+            );
+            continue;
+        }
         let bin = match sys {
             Sys::Node => None,
+            Sys::Nginx => Some(env.bin_dir.join("ferry-testbed")),
             Sys::Direct => Some(env.bin_dir.join("ferry-testbed")),
             Sys::Ferry => Some(env.bin_dir.join("ferry")),
         };
@@ -368,13 +387,14 @@ fn spec<'a>(
     }
 }
 
-fn progress(tag: &str, sys: Sys, o: &wrk::Outcome, nice_pct: f64) {
+fn progress(tag: &str, sys: Sys, o: &wrk::Outcome, nice_pct: f64, cpu_us: Option<f64>) {
     say(format!(
-        "[{tag}] {:<6} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>9.1} µs{}{}",
+        "[{tag}] {:<6} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>9.1} µs  CPU {:>5} µs/req{}{}",
         sys.name(),
         o.rps,
         o.p50_us,
         o.p99_us,
+        cpu_us.map_or("?".into(), |v| format!("{v:.1}")),
         if o.socket_errors + o.non_2xx > 0 {
             format!(
                 "  ({} socket errors, {} non-2xx)",
@@ -459,9 +479,16 @@ fn run_modes(env: &Env, opts: &Opts, warnings: &mut Vec<String>, noise: &mut Noi
                             continue;
                         }
                         let s = spec(&echo, r.server.port, w, c, opts.secs, pinned);
-                        match measured_run(&s, noise) {
-                            Ok((out, nice_pct, steal_pct)) => {
-                                progress(&tag, r.sys, &out, nice_pct);
+                        let tree = server::tree(r.server.pid());
+                        match measured_run(&s, noise, &tree) {
+                            Ok(Measured {
+                                out,
+                                nice_pct,
+                                steal_pct,
+                                cpu_us,
+                                switches,
+                            }) => {
+                                progress(&tag, r.sys, &out, nice_pct, cpu_us);
                                 if out.socket_errors + out.non_2xx > 0 {
                                     warn(
                                         warnings,
@@ -482,6 +509,8 @@ fn run_modes(env: &Env, opts: &Opts, warnings: &mut Vec<String>, noise: &mut Noi
                                     out,
                                     nice_pct,
                                     steal_pct,
+                                    cpu_us,
+                                    switches,
                                 });
                             }
                             Err(e) => warn(warnings, format!("[{tag}] {}: {e}", r.sys.name())),
@@ -754,13 +783,26 @@ impl Noise {
 
 /// Runs wrk, noting what else the machine did meanwhile: the share of all CPU time
 /// taken by niced processes (a fuzzer or build at nice 19) and stolen by the host.
-fn measured_run(spec: &wrk::Spec, noise: &mut Noise) -> Result<(wrk::Outcome, f64, f64), String> {
+/// One wrk run with what the machine and the server did meanwhile.
+struct Measured {
+    out: wrk::Outcome,
+    nice_pct: f64,
+    steal_pct: f64,
+    cpu_us: Option<f64>,
+    switches: Option<f64>,
+}
+
+/// Runs wrk against the server whose process tree is `tree`, counting the tree's CPU
+/// time and context switches over the run.
+fn measured_run(spec: &wrk::Spec, noise: &mut Noise, tree: &[i32]) -> Result<Measured, String> {
     noise.check();
     let before = server::cpu_times();
+    let (cpu0, cs0) = (server::cpu_ns(tree), server::counters(tree).ctx_switches);
     let out = wrk::run(spec)?;
+    let (cpu1, cs1) = (server::cpu_ns(tree), server::counters(tree).ctx_switches);
     let after = server::cpu_times();
     noise.check();
-    let (nice, steal) = match (before, after) {
+    let (nice_pct, steal_pct) = match (before, after) {
         (Some(b), Some(a)) if a.total > b.total => {
             let total = (a.total - b.total) as f64;
             (
@@ -770,7 +812,14 @@ fn measured_run(spec: &wrk::Spec, noise: &mut Noise) -> Result<(wrk::Outcome, f6
         }
         _ => (0.0, 0.0),
     };
-    Ok((out, nice, steal))
+    let per = |d: u64| (out.requests > 0).then(|| d as f64 / out.requests as f64);
+    Ok(Measured {
+        cpu_us: per(cpu1.saturating_sub(cpu0)).map(|ns| ns / 1000.0),
+        switches: per(cs1.saturating_sub(cs0)),
+        out,
+        nice_pct,
+        steal_pct,
+    })
 }
 
 fn utc_now() -> String {
@@ -894,6 +943,7 @@ fn main() {
     };
     let env = Env {
         node,
+        nginx: in_path("nginx") || Path::new("/usr/sbin/nginx").is_file(),
         taskset: in_path("taskset"),
         strace: in_path("strace")
             .then(|| first_line("strace", &["-V"], &root))

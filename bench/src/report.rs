@@ -17,6 +17,10 @@ pub struct Run {
     pub nice_pct: f64,
     /// Share of the machine's CPU time stolen by the hypervisor during the run (%).
     pub steal_pct: f64,
+    /// CPU time of the server's whole process tree per request, in µs (schedstat).
+    pub cpu_us: Option<f64>,
+    /// Context switches of the server's whole process tree per request.
+    pub switches: Option<f64>,
 }
 
 /// Context switches and CPU of a server's process tree during one untraced wrk run.
@@ -173,6 +177,24 @@ impl<'a> Stats<'a> {
         spread(self.per_round(m, w, c, a, b, |ra, rb| ra.out.rps / rb.out.rps))
     }
 
+    /// Median CPU µs per request, and context switches per request.
+    pub fn cpu(&self, m: Mode, w: Workload, c: u32, s: Sys) -> (Option<f64>, Option<f64>) {
+        let runs: Vec<&Run> = self.of(m, w, c, s).collect();
+        (
+            median(runs.iter().filter_map(|r| r.cpu_us).collect()),
+            median(runs.iter().filter_map(|r| r.switches).collect()),
+        )
+    }
+
+    /// Median (and range) of the per-round ratios of CPU per request, a/b.
+    pub fn cpu_ratio(&self, m: Mode, w: Workload, c: u32, a: Sys, b: Sys) -> Option<Spread> {
+        let v = self.per_round(m, w, c, a, b, |ra, rb| match (ra.cpu_us, rb.cpu_us) {
+            (Some(x), Some(y)) if y > 0.0 => x / y,
+            _ => f64::NAN,
+        });
+        spread(v.into_iter().filter(|x| x.is_finite()).collect())
+    }
+
     /// Median (and range) of the per-round p50 differences a − b, in µs.
     pub fn p50_delta(&self, m: Mode, w: Workload, c: u32, a: Sys, b: Sys) -> Option<Spread> {
         spread(self.per_round(m, w, c, a, b, |ra, rb| ra.out.p50_us - rb.out.p50_us))
@@ -239,6 +261,28 @@ fn targets(stats: &Stats, ipc: &Ipc, modes: &[Mode]) -> Vec<Target> {
     let mut out = Vec::new();
     let h = Workload::Hello;
     for &m in modes {
+        let r = stats.cpu_ratio(m, h, 64, Sys::Ferry, Sys::Direct);
+        out.push(Target {
+            what: format!(
+                "hello c=64: ferry's CPU per request ≤ 1.3× direct's ({})",
+                m.name()
+            ),
+            measured: r.map_or("not measured".into(), |s| {
+                format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max)
+            }),
+            met: r.map(|s| s.median <= 1.3),
+        });
+        let cs = stats.cpu(m, h, 64, Sys::Ferry).1;
+        out.push(Target {
+            what: format!(
+                "hello c=64: ≤ 0.05 context switches per request, whole tree ({})",
+                m.name()
+            ),
+            measured: cs.map_or("not measured".into(), |v| format!("{v:.3}")),
+            met: cs.map(|v| v <= 0.05),
+        });
+    }
+    for &m in modes {
         let r = stats.ratio(m, h, 64, Sys::Ferry, Sys::Direct);
         let stretch = match r {
             Some(s) if s.median >= 0.85 => "; stretch 0.85×: met",
@@ -264,6 +308,30 @@ fn targets(stats: &Stats, ipc: &Ipc, modes: &[Mode]) -> Vec<Target> {
                 format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max)
             }),
             met: r.map(|s| s.median >= 2.0),
+        });
+    }
+    for &m in modes {
+        let r = stats.ratio(m, h, 64, Sys::Ferry, Sys::Nginx);
+        out.push(Target {
+            what: format!(
+                "hello c=64 ferry/nginx→2 direct (UDS) ≥ 1.5× req/s ({})",
+                m.name()
+            ),
+            measured: r.map_or("not measured".into(), |s| {
+                format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max)
+            }),
+            met: r.map(|s| s.median >= 1.5),
+        });
+        let r = stats.cpu_ratio(m, h, 64, Sys::Ferry, Sys::Nginx);
+        out.push(Target {
+            what: format!(
+                "hello c=64 ferry's CPU per request ≤ 0.7× nginx→2 direct's ({})",
+                m.name()
+            ),
+            measured: r.map_or("not measured".into(), |s| {
+                format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max)
+            }),
+            met: r.map(|s| s.median <= 0.7),
         });
     }
     for &m in modes {
@@ -371,7 +439,8 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
     let _ = writeln!(
         w,
         "- Systems: **direct** = `ferry-testbed --direct --threads 2` (hyper, no master: the ceiling); \
-         **ferry** = `ferry --workers 2 -- ferry-testbed`; **node** = `node bench/node-cluster.js` (node:cluster, 2 workers, hello only)."
+         **ferry** = `ferry --workers 2 -- ferry-testbed`; **node** = `node bench/node-cluster.js` (node:cluster, 2 workers, hello only); \
+         **nginx** = `bench/nginx-uds.sh` (nginx, 1 worker process, upstream keep-alive over Unix sockets to 2 `ferry-testbed --direct --threads 1`: the classic reverse proxy in front of a process pool, the same handler)."
     );
     let _ = writeln!(
         w,
@@ -400,18 +469,58 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
         );
     }
 
+    let _ = writeln!(
+        w,
+        "\n## CPU per request (the headline)\n\nCPU time of the server's whole process tree (every thread of the master and its workers, from /proc/PID/task/TID/schedstat) per request, in µs, median over rounds; ratios are medians of per-round ratios (min–max). Unlike req/s, this barely moves with steal or a noisy neighbour. Context switches per request (voluntary + involuntary, whole tree) beside it.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| mode | workload | c | direct | ferry | node | nginx | ferry/direct | ferry/node | ferry/nginx | switches/req direct | ferry | node | nginx |"
+    );
+    let _ = writeln!(
+        w,
+        "|---|---|--:|--:|--:|--:|--:|---|---|---|--:|--:|--:|--:|"
+    );
+    for &m in &meta.modes {
+        for wl in Workload::ALL {
+            for c in CONNS {
+                let cpu = Sys::ALL.map(|s| stats.cpu(m, wl, c, s));
+                if cpu.iter().all(|(u, _)| u.is_none()) {
+                    continue;
+                }
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    m.name(),
+                    wl.name(),
+                    opt(cpu[0].0, |v| format!("{v:.1}")),
+                    opt(cpu[1].0, |v| format!("{v:.1}")),
+                    opt(cpu[2].0, |v| format!("{v:.1}")),
+                    opt(cpu[3].0, |v| format!("{v:.1}")),
+                    fmt_ratio(stats.cpu_ratio(m, wl, c, Sys::Ferry, Sys::Direct)),
+                    fmt_ratio(stats.cpu_ratio(m, wl, c, Sys::Ferry, Sys::Node)),
+                    fmt_ratio(stats.cpu_ratio(m, wl, c, Sys::Ferry, Sys::Nginx)),
+                    opt(cpu[0].1, |v| format!("{v:.3}")),
+                    opt(cpu[1].1, |v| format!("{v:.3}")),
+                    opt(cpu[2].1, |v| format!("{v:.3}")),
+                    opt(cpu[3].1, |v| format!("{v:.3}")),
+                );
+            }
+        }
+    }
+
     let _ = writeln!(w, "\n## Throughput (median req/s over rounds)\n");
     let _ = writeln!(
         w,
-        "| mode | workload | c | direct | ferry | node | ferry/direct | ferry/node |"
+        "| mode | workload | c | direct | ferry | node | nginx | ferry/direct | ferry/node | ferry/nginx |"
     );
-    let _ = writeln!(w, "|---|---|--:|--:|--:|--:|---|---|");
+    let _ = writeln!(w, "|---|---|--:|--:|--:|--:|--:|---|---|---|");
     let mut latency = String::new();
     let _ = writeln!(
         latency,
-        "| mode | workload | c | p50 direct | p50 ferry | p50 node | p99 direct | p99 ferry | p99 node | p50 ferry − direct |"
+        "| mode | workload | c | p50 direct | p50 ferry | p50 node | p50 nginx | p99 direct | p99 ferry | p99 node | p99 nginx | p50 ferry − direct |"
     );
-    let _ = writeln!(latency, "|---|---|--:|--:|--:|--:|--:|--:|--:|---|");
+    let _ = writeln!(latency, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
     for &m in &meta.modes {
         for wl in Workload::ALL {
             for c in CONNS {
@@ -421,14 +530,16 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
                 }
                 let _ = writeln!(
                     w,
-                    "| {} | {} | {c} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {c} | {} | {} | {} | {} | {} | {} | {} |",
                     m.name(),
                     wl.name(),
                     opt(cells[0].as_ref(), |x| fmt_rps(x.rps)),
                     opt(cells[1].as_ref(), |x| fmt_rps(x.rps)),
                     opt(cells[2].as_ref(), |x| fmt_rps(x.rps)),
+                    opt(cells[3].as_ref(), |x| fmt_rps(x.rps)),
                     fmt_ratio(stats.ratio(m, wl, c, Sys::Ferry, Sys::Direct)),
                     fmt_ratio(stats.ratio(m, wl, c, Sys::Ferry, Sys::Node)),
+                    fmt_ratio(stats.ratio(m, wl, c, Sys::Ferry, Sys::Nginx)),
                 );
                 let delta = if c == 1 {
                     fmt_delta(stats.p50_delta(m, wl, c, Sys::Ferry, Sys::Direct))
@@ -437,15 +548,17 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
                 };
                 let _ = writeln!(
                     latency,
-                    "| {} | {} | {c} | {} | {} | {} | {} | {} | {} | {delta} |",
+                    "| {} | {} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {delta} |",
                     m.name(),
                     wl.name(),
                     opt(cells[0].as_ref(), |x| fmt_us(x.p50)),
                     opt(cells[1].as_ref(), |x| fmt_us(x.p50)),
                     opt(cells[2].as_ref(), |x| fmt_us(x.p50)),
+                    opt(cells[3].as_ref(), |x| fmt_us(x.p50)),
                     opt(cells[0].as_ref(), |x| fmt_us(x.p99)),
                     opt(cells[1].as_ref(), |x| fmt_us(x.p99)),
                     opt(cells[2].as_ref(), |x| fmt_us(x.p99)),
+                    opt(cells[3].as_ref(), |x| fmt_us(x.p99)),
                 );
             }
         }
@@ -648,6 +761,8 @@ mod tests {
             },
             nice_pct: 0.0,
             steal_pct: 0.0,
+            cpu_us: Some(1_000.0 / rps),
+            switches: None,
         }
     }
 

@@ -391,6 +391,29 @@ pub fn counters(pids: &[i32]) -> Counters {
     c
 }
 
+/// CPU time, in ns, that every thread of `pids` has run so far, from
+/// /proc/PID/task/TID/schedstat (its first field): exact to the nanosecond, where the
+/// utime and stime of /proc/PID/stat count whole clock ticks. Summed over the
+/// server's whole process tree, it is the benchmark's headline: CPU per request is
+/// stable from run to run on a machine whose wall-clock rates swing with steal.
+pub fn cpu_ns(pids: &[i32]) -> u64 {
+    let mut total = 0;
+    for &pid in pids {
+        for tid in tasks(pid) {
+            let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+            else {
+                continue;
+            };
+            total += text
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
 pub fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

@@ -2,7 +2,8 @@
 //! tests, benchmarks and demos. Run it as `ferry -- ferry-testbed`.
 //!
 //! `ferry-testbed --direct ADDR [--threads N]` serves the same routes straight over
-//! HTTP, without ferry (the benchmark's ceiling).
+//! HTTP, without ferry (the benchmark's ceiling); ADDR may be `unix:PATH` (behind
+//! nginx, the benchmark's reverse-proxy peer).
 //!
 //! Routes: `GET /` hello; `/pid`; `/retire` (asks the master to retire this worker,
 //! answers with its pid); `POST /echo` (body back, streamed, same
@@ -84,8 +85,7 @@ fn main() -> std::io::Result<()> {
         // there are CPUs (or `--threads N`): the ceiling Ferry's benchmark compares with.
         let addr = args
             .get(at + 1)
-            .and_then(|a| a.parse().ok())
-            .expect("usage: ferry-testbed --direct ADDR [--threads N]");
+            .expect("usage: ferry-testbed --direct ADDR|unix:PATH [--threads N]");
         let threads = args
             .iter()
             .position(|a| a == "--threads")
@@ -95,6 +95,10 @@ fn main() -> std::io::Result<()> {
             .worker_threads(threads)
             .enable_all()
             .build()?;
+        if let Some(path) = addr.strip_prefix("unix:") {
+            return rt.block_on(ferry_worker::serve_direct_unix(path.as_ref(), route));
+        }
+        let addr = addr.parse().expect("--direct HOST:PORT or unix:PATH");
         return rt.block_on(ferry_worker::serve_direct(addr, route));
     }
     // Under ferry: one thread per worker process; ferry runs one worker per core.

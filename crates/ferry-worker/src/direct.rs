@@ -33,21 +33,56 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let svc = svc.clone();
-        tokio::spawn(async move {
-            let handler = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let svc = svc.clone();
-                async move { Ok::<_, std::convert::Infallible>(call(svc, req.map(Body::new)).await) }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10));
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), handler)
-                .await;
-        });
+        connection(stream, svc.clone());
     }
+}
+
+/// [`serve`] on a Unix socket at `path` (a stale file there is replaced): how a
+/// reverse proxy on the same host reaches a process pool.
+pub(crate) async fn serve_unix<S, B>(path: &std::path::Path, svc: S) -> io::Result<()>
+where
+    S: tower_service::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    tracing::info!("serving directly on unix:{}", path.display());
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => connection(stream, svc.clone()),
+            Err(e) => tracing::warn!("accept failed: {e}"),
+        }
+    }
+}
+
+/// Serves one connection on a task of its own.
+fn connection<I, S, B>(stream: I, svc: S)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower_service::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    tokio::spawn(async move {
+        let handler = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let svc = svc.clone();
+            async move { Ok::<_, std::convert::Infallible>(call(svc, req.map(Body::new)).await) }
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(10));
+        let _ = builder
+            .serve_connection(TokioIo::new(stream), handler)
+            .await;
+    });
 }
 
 /// Runs one request as the channel session does: errors and panics become 500s.

@@ -238,6 +238,16 @@ where
     direct::serve(addr, svc).await
 }
 
+/// [`serve_direct`] on a Unix socket at `path` (a stale socket file is replaced):
+/// the handler behind a reverse proxy on the same host, with no ferry.
+pub async fn serve_direct_unix<H, F>(path: &std::path::Path, handler: H) -> io::Result<()>
+where
+    H: Fn(Request<Body>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    direct::serve_unix(path, handler_service(handler)).await
+}
+
 /// An async fn as a `tower::Service` that never fails.
 fn handler_service<H, F>(
     handler: H,
