@@ -36,11 +36,19 @@ impl Encoder<Outgoing> for OutgoingCodec {
 
 /// Drains every frame already queued into the buffer, then flushes once: under load
 /// one write carries many frames.
+///
+/// Woken by the first frame, it first yields once: tokio runs it again only after
+/// its I/O driver was polled, so every client connection that became readable
+/// meanwhile has had its turn and queued its request too. Measured pinned at c=64
+/// (hello, 2 workers): context switches per request over the whole process tree fell
+/// from 0.28 to 0.16 and CPU per request from 14.2 to 12.7 µs; c=1 latency did not
+/// move. The same yield in the worker's writer made things worse, so it has none.
 pub async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     mut sink: FramedWrite<OwnedWriteHalf, OutgoingCodec>,
 ) {
     while let Some(item) = rx.recv().await {
+        tokio::task::yield_now().await;
         let mut next = Some(item);
         while let Some(item) = next {
             match sink.feed(item).await {
