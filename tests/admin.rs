@@ -10,15 +10,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn admin_addr(f: &Ferry) -> SocketAddr {
-    let line = f
-        .log
-        .wait_for("admin endpoint on http://", WAIT)
-        .expect("the admin endpoint is announced");
-    let rest = &line[line.find("http://").unwrap() + 7..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 async fn status(admin: SocketAddr) -> serde_json::Value {
     let r = get(admin, "/status").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -49,7 +40,7 @@ fn sum(s: &serde_json::Value, field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_metrics_show_the_pool() {
     let f = Ferry::testbed(&["--workers", "2", "--admin-listen", "127.0.0.1:0"]);
-    let admin = admin_addr(&f);
+    let admin = f.admin_addr();
     assert_ne!(admin, f.addr);
     for _ in 0..10 {
         assert_eq!(get(f.addr, "/").await.status, StatusCode::OK);
@@ -110,7 +101,7 @@ async fn status_and_metrics_show_the_pool() {
 #[tokio::test]
 async fn admin_endpoint_answers_only_what_it_knows() {
     let f = Ferry::testbed(&["--workers", "1", "--admin-listen", "127.0.0.1:0"]);
-    let admin = admin_addr(&f);
+    let admin = f.admin_addr();
     assert_eq!(get(admin, "/nope").await.status, StatusCode::NOT_FOUND);
     assert_eq!(
         post(admin, "/status").await.status,
@@ -138,7 +129,7 @@ fn an_admin_address_in_use_fails_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_503_at_the_start_of_a_graceful_stop() {
     let f = Ferry::testbed(&["--workers", "1", "--admin-listen", "127.0.0.1:0"]);
-    let admin = admin_addr(&f);
+    let admin = f.admin_addr();
     assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
     let ready = get(admin, "/readyz").await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
@@ -170,7 +161,7 @@ async fn drain_delay_keeps_serving_while_readyz_says_503() {
         "--drain-delay",
         "1500ms",
     ]);
-    let admin = admin_addr(&f);
+    let admin = f.admin_addr();
     f.signal(libc::SIGTERM);
     assert!(
         f.log.wait_for("lame duck", WAIT).is_some(),

@@ -33,15 +33,6 @@ fn local(arg: &str) -> String {
     }
 }
 
-fn admin_addr(f: &Ferry) -> SocketAddr {
-    let line = f
-        .log
-        .wait_for("admin endpoint on http://", WAIT)
-        .expect("the admin endpoint is announced");
-    let rest = &line[line.find("http://").unwrap() + 7..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 /// The value after `--flag` in an argument list, as seconds.
 fn seconds_of(args: &[String], flag: &str) -> u64 {
     let at = args
@@ -90,7 +81,7 @@ async fn the_kubernetes_example_serves_its_probes_and_fits_its_grace_period() {
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let worker_refs: Vec<&str> = worker.iter().map(String::as_str).collect();
     let ferry = Ferry::builder(&arg_refs, &worker_refs).start();
-    let admin = admin_addr(&ferry);
+    let admin = ferry.admin_addr();
 
     let probe = |kind: &str| {
         let block: Vec<&str> = yaml
@@ -262,7 +253,7 @@ async fn the_systemd_units_run_through_socket_activation() {
         ferry.log.text()
     );
     assert_eq!(get(ferry.addr, "/").await.text(), "Hello, world!\n");
-    let answer = raw_unix(&unix, "/whoami");
+    let answer = get_unix(&unix, "/whoami");
     assert!(answer.contains("peer=unix"), "{answer}");
     if root {
         let uid = std::fs::read_to_string("/etc/passwd")
@@ -273,20 +264,6 @@ async fn the_systemd_units_run_through_socket_activation() {
             .expect("www-data exists");
         assert!(answer.contains(&format!("uid={uid} ")), "{answer}");
     }
-}
-
-fn raw_unix(path: &Path, target: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 /// nginx, from a main configuration around `deploy/nginx/ferry.conf`.

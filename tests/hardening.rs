@@ -196,7 +196,7 @@ async fn one_h2_connection_with_a_closed_window_cannot_hold_the_pool() {
     // Let the streams reach the workers.
     let _ = tokio::time::timeout(Duration::from_millis(500), futures_ready(&mut streams)).await;
     // They are real, and they hold their share of the slots: a quarter of 2 x 64.
-    let admin = admin_addr(&f);
+    let admin = f.admin_addr();
     let deadline = Instant::now() + WAIT;
     let held = loop {
         let held = in_flight(admin).await;
@@ -217,15 +217,6 @@ async fn one_h2_connection_with_a_closed_window_cannot_hold_the_pool() {
     }
     assert!(ok >= 19, "{ok} of 20 probes served within 2 s");
     drop(client);
-}
-
-fn admin_addr(f: &Ferry) -> SocketAddr {
-    let line = f
-        .log
-        .wait_for("admin endpoint on http://", WAIT)
-        .expect("admin");
-    let rest = &line[line.find("http://").unwrap() + 7..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// Requests in flight on all workers, from `/status`.
@@ -669,7 +660,7 @@ async fn stalled_h2_streams_lose_their_slots_and_then_their_connection() {
         "--admin-listen",
         "127.0.0.1:0",
     ]);
-    let admin = admin_addr(&f);
+    let admin = f.admin_addr();
     let (client, connection) = closed_window_client(f.addr).await;
     let streams = open_streams(&client, f.addr, "/stream?bytes=1048576", 4);
     let deadline = Instant::now() + WAIT;

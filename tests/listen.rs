@@ -7,25 +7,9 @@ mod harness;
 use harness::*;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// One GET over a Unix socket; the whole response.
-fn get_unix(path: &Path, target: &str) -> String {
-    let mut s = UnixStream::connect(path).expect("connect to the unix listener");
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
 
 /// The `key=value` line of a `/whoami` answer.
 fn field<'a>(text: &'a str, key: &str) -> &'a str {
@@ -176,25 +160,25 @@ async fn an_inherited_listener_is_served_and_anything_else_refused() {
 
     // A descriptor that is not a listening socket is refused at start.
     let file = std::fs::File::open("/dev/null").unwrap();
-    let (status, log) = Ferry::builder(&["--listen", "fd:7"], &[&testbed()])
-        .pass_fd(file.into(), 7)
-        .run_to_exit(WAIT);
-    assert_eq!(status.code(), Some(1), "{log}");
-    assert!(
-        log.contains("fd:7") && log.contains("not a socket"),
-        "{log}"
+    refused(pass_7(file.into()), "fd:7: descriptor 7 is not a socket");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    refused(pass_7(udp.into()), "not a stream socket");
+    refused(
+        Ferry::builder(&["--listen", "fd:9"], &[&testbed()]),
+        "descriptor 9 is not open",
     );
-    let socket = std::net::TcpStream::connect(addr);
-    drop(socket);
-    let bound = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (status, log) = Ferry::builder(&["--listen", "fd:7"], &[&testbed()])
-        .pass_fd(bound.into(), 7)
-        .run_to_exit(WAIT);
+}
+
+/// `ferry --listen fd:7` with `fd` as its descriptor 7.
+fn pass_7(fd: std::os::fd::OwnedFd) -> Builder {
+    Ferry::builder(&["--listen", "fd:7"], &[&testbed()]).pass_fd(fd, 7)
+}
+
+/// Ferry refuses to start (exit 1), saying `why`.
+fn refused(ferry: Builder, why: &str) {
+    let (status, log) = ferry.run_to_exit(WAIT);
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("not a stream socket"), "{log}");
-    let (status, log) = Ferry::builder(&["--listen", "fd:9"], &[&testbed()]).run_to_exit(WAIT);
-    assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("not open"), "{log}");
+    assert!(log.contains(why), "{log}");
 }
 
 /// A free loopback port (bound and released).

@@ -218,26 +218,14 @@ async fn a_new_binary_that_fails_leaves_the_old_master_serving() {
     // A real new master whose workers cannot start exits; the old master's socket
     // files stay, and it serves on.
     std::fs::write(&fail, b"").unwrap();
-    ferry.signal(libc::SIGUSR2);
-    let line = ferry
-        .log
-        .wait_for("upgrade failed", WAIT)
-        .expect("the failure is logged");
-    assert!(line.contains("exited before it was ready"), "{line}");
+    upgrade_fails(&ferry, 1, "exited before it was ready");
     std::fs::remove_file(&fail).unwrap();
     assert_eq!(get(ferry.addr, "/").await.text(), "Hello, world!\n");
-    let over_unix = std::process::Command::new("curl")
-        .args(["-s", "--unix-socket"])
-        .arg(&sock)
-        .arg("http://x/")
-        .output();
-    if let Ok(out) = over_unix {
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, world!\n");
-    }
     assert!(
         sock.exists(),
         "the failed master removed the old one's socket file"
     );
+    assert!(get_unix(&sock, "/").ends_with("Hello, world!\n"));
     let (code, status, _) = ctl(&control, &["status"]);
     assert_eq!(code, 0);
     assert!(status.contains(&format!("pid {}", ferry.pid())), "{status}");
@@ -257,27 +245,30 @@ async fn a_new_binary_that_fails_leaves_the_old_master_serving() {
     };
 
     install("#!/bin/sh\nexit 1\n");
-    ferry.signal(libc::SIGUSR2);
-    let line = ferry
-        .log
-        .wait_for("upgrade failed", WAIT)
-        .expect("the failure is logged");
-    assert!(line.contains("exited before it was ready"), "{line}");
-    assert!(line.contains("keeps serving"), "{line}");
+    upgrade_fails(&ferry, 2, "exited before it was ready");
     assert_eq!(get(ferry.addr, "/").await.text(), "Hello, world!\n");
 
     // One that hangs is killed after --start-timeout.
     install("#!/bin/sh\nexec sleep 60\n");
+    upgrade_fails(&ferry, 3, "not ready within 2s");
+    assert_eq!(get(ferry.addr, "/").await.text(), "Hello, world!\n");
+    // The third new master, killed, is reaped.
+    let ended = ferry
+        .log
+        .wait_for_nth("upgrade: the new master (", 3, WAIT)
+        .expect("the hung new master is reaped");
+    assert!(ended.contains("ended"), "{ended}");
+    assert!(alive(ferry.pid()));
+}
+
+/// SIGUSR2 makes the `nth` upgrade attempt, which fails saying `why`; the old master
+/// says it keeps serving.
+fn upgrade_fails(ferry: &Ferry, nth: usize, why: &str) {
     ferry.signal(libc::SIGUSR2);
     let line = ferry
         .log
-        .wait_for_nth("upgrade failed", 3, WAIT)
-        .expect("the third failure is logged");
-    assert!(line.contains("not ready within 2s"), "{line}");
-    assert_eq!(get(ferry.addr, "/").await.text(), "Hello, world!\n");
-    assert!(ferry
-        .log
-        .wait_for("upgrade: the new master (", Duration::from_secs(5))
-        .is_some_and(|l| l.contains("ended")));
-    assert!(alive(ferry.pid()));
+        .wait_for_nth("upgrade failed", nth, WAIT)
+        .unwrap_or_else(|| panic!("upgrade {nth} did not fail; log:\n{}", ferry.log.text()));
+    assert!(line.contains(why), "{line}");
+    assert!(line.contains("keeps serving"), "{line}");
 }

@@ -257,21 +257,30 @@ struct Target {
     met: Option<bool>,
 }
 
+/// A target on a ratio (median and range over rounds), met when `met(median)`.
+fn ratio_target(what: String, r: Option<Spread>, met: impl Fn(f64) -> bool) -> Target {
+    Target {
+        what,
+        measured: r.map_or("not measured".into(), |s| {
+            format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max)
+        }),
+        met: r.map(|s| met(s.median)),
+    }
+}
+
 fn targets(stats: &Stats, ipc: &Ipc, modes: &[Mode]) -> Vec<Target> {
     let mut out = Vec::new();
     let h = Workload::Hello;
     for &m in modes {
         let r = stats.cpu_ratio(m, h, 64, Sys::Ferry, Sys::Direct);
-        out.push(Target {
-            what: format!(
+        out.push(ratio_target(
+            format!(
                 "hello c=64: ferry's CPU per request ≤ 1.3× direct's ({})",
                 m.name()
             ),
-            measured: r.map_or("not measured".into(), |s| {
-                format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max)
-            }),
-            met: r.map(|s| s.median <= 1.3),
-        });
+            r,
+            |v| v <= 1.3,
+        ));
         let cs = stats.cpu(m, h, 64, Sys::Ferry).1;
         out.push(Target {
             what: format!(
@@ -302,37 +311,31 @@ fn targets(stats: &Stats, ipc: &Ipc, modes: &[Mode]) -> Vec<Target> {
     }
     for &m in modes {
         let r = stats.ratio(m, h, 64, Sys::Ferry, Sys::Node);
-        out.push(Target {
-            what: format!("hello c=64 ferry/node ≥ 2× ({})", m.name()),
-            measured: r.map_or("not measured".into(), |s| {
-                format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max)
-            }),
-            met: r.map(|s| s.median >= 2.0),
-        });
+        out.push(ratio_target(
+            format!("hello c=64 ferry/node ≥ 2× ({})", m.name()),
+            r,
+            |v| v >= 2.0,
+        ));
     }
     for &m in modes {
         let r = stats.ratio(m, h, 64, Sys::Ferry, Sys::Nginx);
-        out.push(Target {
-            what: format!(
+        out.push(ratio_target(
+            format!(
                 "hello c=64 ferry/nginx→2 direct (UDS) ≥ 1.5× req/s ({})",
                 m.name()
             ),
-            measured: r.map_or("not measured".into(), |s| {
-                format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max)
-            }),
-            met: r.map(|s| s.median >= 1.5),
-        });
+            r,
+            |v| v >= 1.5,
+        ));
         let r = stats.cpu_ratio(m, h, 64, Sys::Ferry, Sys::Nginx);
-        out.push(Target {
-            what: format!(
+        out.push(ratio_target(
+            format!(
                 "hello c=64 ferry's CPU per request ≤ 0.7× nginx→2 direct's ({})",
                 m.name()
             ),
-            measured: r.map_or("not measured".into(), |s| {
-                format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max)
-            }),
-            met: r.map(|s| s.median <= 0.7),
-        });
+            r,
+            |v| v <= 0.7,
+        ));
     }
     for &m in modes {
         let d = stats.p50_delta(m, h, 1, Sys::Ferry, Sys::Direct);

@@ -351,6 +351,32 @@ impl Drop for Ferry {
     }
 }
 
+impl Ferry {
+    /// The admin endpoint's address, from its log line (`--admin-listen`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self
+            .log
+            .wait_for("admin endpoint on http://", Duration::from_secs(10))
+            .expect("the admin endpoint is announced");
+        let rest = &line[line.find("http://").unwrap() + 7..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
+
+/// One GET over a Unix socket, `Connection: close`; the whole response as text.
+pub fn get_unix(path: &std::path::Path, target: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect to the unix socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 /// Direct children of `pid`, from /proc.
 pub fn children_of(pid: u32) -> Vec<u32> {
     let path = format!("/proc/{pid}/task/{pid}/children");
