@@ -169,11 +169,7 @@ async fn the_systemd_units_run_through_socket_activation() {
         deploy("systemd/ferry.service"),
     );
     let dir = fresh_dir("systemd-units");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut wrapper = vec!["systemd-socket-activate".to_owned()];
     let mut unix = None;
     for listen in unit_values(&socket, "ListenStream") {
@@ -278,14 +274,6 @@ impl Drop for Nginx {
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One instance of the example's pair: where it listens.

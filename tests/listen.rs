@@ -181,15 +181,6 @@ fn refused(ferry: Builder, why: &str) {
     assert!(log.contains(why), "{log}");
 }
 
-/// A free loopback port (bound and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_activation_hands_ferry_its_listener() {
     let port = free_port();

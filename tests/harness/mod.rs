@@ -363,6 +363,15 @@ impl Ferry {
     }
 }
 
+/// A free loopback port (bound and released), for a listener made by someone else.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// One GET over a Unix socket, `Connection: close`; the whole response as text.
 pub fn get_unix(path: &std::path::Path, target: &str) -> String {
     let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect to the unix socket");
