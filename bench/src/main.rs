@@ -5,6 +5,7 @@
 //! installs wrk/strace/taskset if needed and builds the release binaries first; see
 //! bench/README.md for what is measured and how to read the results.
 
+mod floor;
 mod report;
 mod server;
 mod strace;
@@ -892,6 +893,7 @@ fn meta(env: &Env, opts: &Opts, args: &[String]) -> Meta {
         nice_max: 0.0,
         steal_max: 0.0,
         elapsed_secs: 0,
+        floor: Vec::new(),
     }
 }
 
@@ -973,6 +975,22 @@ fn main() {
     let mut warnings = Vec::new();
     let mut noise = Noise::default();
     let runs = run_modes(&env, &opts, &mut warnings, &mut noise);
+    for &mode in &opts.modes {
+        let pinned = mode == Mode::Pinned;
+        if pinned && !env.taskset {
+            continue;
+        }
+        match floor::socketpair_rtt_us(pinned) {
+            Ok(us) => {
+                say(format!(
+                    "{} mode: raw socketpair round trip p50 {us:.1} µs",
+                    mode.name()
+                ));
+                meta.floor.push((mode, us));
+            }
+            Err(e) => warn(&mut warnings, format!("socketpair round trip: {e}")),
+        }
+    }
     let ipc = if opts.ipc {
         run_ipc(&env, &mut warnings)
     } else {

@@ -75,6 +75,8 @@ pub struct Meta {
     pub nice_max: f64,
     pub steal_max: f64,
     pub elapsed_secs: u64,
+    /// The median raw socketpair round trip between two processes, per mode (µs).
+    pub floor: Vec<(Mode, f64)>,
 }
 
 impl Meta {
@@ -268,7 +270,7 @@ fn ratio_target(what: String, r: Option<Spread>, met: impl Fn(f64) -> bool) -> T
     }
 }
 
-fn targets(stats: &Stats, ipc: &Ipc, modes: &[Mode]) -> Vec<Target> {
+fn targets(stats: &Stats, ipc: &Ipc, modes: &[Mode], floor: &[(Mode, f64)]) -> Vec<Target> {
     let mut out = Vec::new();
     let h = Workload::Hello;
     for &m in modes {
@@ -349,6 +351,18 @@ fn targets(stats: &Stats, ipc: &Ipc, modes: &[Mode]) -> Vec<Target> {
             }),
             met: d.map(|s| s.median <= 15.0),
         });
+        if let Some(&(_, rtt)) = floor.iter().find(|(fm, _)| *fm == m) {
+            out.push(Target {
+                what: format!(
+                    "hello c=1: ferry adds ≤ one raw socketpair round trip ({rtt:.1} µs) + 5 µs to p50 over direct ({})",
+                    m.name()
+                ),
+                measured: d.map_or("not measured".into(), |s| {
+                    format!("{:+.0} µs: {:.1}× the round trip", s.median, s.median / rtt)
+                }),
+                met: d.map(|s| s.median <= rtt + 5.0),
+            });
+        }
     }
     let t = ipc.traces.iter().find(|t| t.sys == Sys::Ferry);
     out.push(Target {
@@ -457,7 +471,7 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
     let _ = writeln!(w, "## Targets\n");
     let _ = writeln!(w, "| target | measured | status |");
     let _ = writeln!(w, "|---|---|---|");
-    for t in targets(&stats, ipc, &meta.modes) {
+    for t in targets(&stats, ipc, &meta.modes, &meta.floor) {
         let status = match t.met {
             Some(true) => "MET",
             Some(false) => "MISSED",
@@ -570,6 +584,13 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
         w,
         "\n## Latency (median over rounds of wrk's p50 and p99)\n\nThe last column (c=1 only) is the median of per-round differences, with min…max.\n"
     );
+    for (m, rtt) in &meta.floor {
+        let _ = writeln!(
+            w,
+            "The floor, measured in the same run ({} mode): a one-byte ping-pong over a Unix socketpair between two processes takes {rtt:.1} µs at p50 (`bench/src/floor.rs`); a request through ferry crosses its channel once each way.\n",
+            m.name()
+        );
+    }
     w.push_str(&latency);
 
     render_ipc(w, ipc);
