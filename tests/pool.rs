@@ -236,3 +236,35 @@ async fn workers_that_retire_under_load_lose_no_request() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_every_worker_refuses_gets_503_after_eight_retries() {
+    let ferry = Ferry::builder(&["--workers", "2"], &[&misbehave(), "refuse"]).start();
+    // Each worker it meets retires instead of taking it; a request never started may
+    // go anywhere, but not forever: eight retries, then 503 with Retry-After.
+    let r = get(ferry.addr, "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(r.text().contains("retired before it took the request"));
+    // Each refusal is logged before the request moves on: the ninth gave the 503.
+    let refusals = "worker says goodbye: refusing on purpose";
+    assert!(ferry.log.wait_for_nth(refusals, 9, WAIT).is_some());
+    assert_eq!(ferry.log.count(refusals), 9, "{}", ferry.log.text());
+
+    // A streamed upload cannot be replayed: 503 at the first refusal.
+    let before = ferry.log.count(refusals);
+    let answer = raw(
+        ferry.addr,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "",
+    );
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("retired before it took the request"),
+        "{answer}"
+    );
+    assert!(ferry.log.wait_for_nth(refusals, before + 1, WAIT).is_some());
+    assert_eq!(ferry.log.count(refusals), before + 1);
+    // The pool is whole again: both slots have a worker (each a fresh one).
+    assert!(ferry.log.wait_for_nth("worker started", 12, WAIT).is_some());
+}

@@ -12,7 +12,9 @@
 //! - `stderr-junk`: `/evil` first writes invalid UTF-8 and a 10 MiB line to stderr,
 //!   then answers as usual (so the master must keep reading its pipe);
 //! - `deaf`: `/evil` makes it stop reading its channel (`shutdown(SHUT_RD)`), so the
-//!   master's next write to it fails, and it answers nothing more.
+//!   master's next write to it fails, and it answers nothing more;
+//! - `refuse`: every request is refused: the worker retires (`Goodbye` with the
+//!   previous id as `last_id`) instead of taking it, and exits when told to drain.
 
 use bytes::{Bytes, BytesMut};
 use ferry_protocol::frame::{decode_master, encode_worker, split_frame};
@@ -76,9 +78,20 @@ fn main() {
                 );
                 continue;
             }
+            MasterMsg::Drain if mode == "refuse" => return,
             _ => continue,
         };
         let id = head.id;
+        if mode == "refuse" {
+            send(
+                &mut sock,
+                &WorkerMsg::Goodbye(Goodbye {
+                    reason: "refusing on purpose".into(),
+                    last_id: Some(id.saturating_sub(1)),
+                }),
+            );
+            continue;
+        }
         if head.target == "/evil" {
             match mode.as_str() {
                 "garbage" => raw(&mut sock, &[0, 0, 0, 5, 0x5a, 1, 2, 3, 4]),
