@@ -188,6 +188,26 @@ async fn sigusr2_upgrades_the_master_under_load_with_nothing_lost() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("pid {new}")), "{out}");
     assert!(!dir.join(format!("c.sock.{new}.new")).exists());
+
+    // `ferry ctl upgrade` does the same, and says how it went.
+    let (code, out, err) = ctl(&control, &["upgrade"]);
+    assert_eq!(code, 0, "{err}");
+    let newest: u32 = out
+        .split("upgraded: master ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    masters.push(KillOnDrop(newest));
+    assert!(out.contains(&format!("master {new} drains")), "{out}");
+    let deadline = std::time::Instant::now() + WAIT;
+    while alive(new) {
+        assert!(std::time::Instant::now() < deadline, "{new} did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, out, _) = ctl(&control, &["status"]);
+    assert!(out.contains(&format!("pid {newest}")), "{out}");
+    assert_eq!(get(addr, "/").await.text(), "Hello, world!\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,15 +267,22 @@ async fn a_new_binary_that_fails_leaves_the_old_master_serving() {
     install("#!/bin/sh\nexit 1\n");
     upgrade_fails(&ferry, 2, "exited before it was ready");
     assert_eq!(get(ferry.addr, "/").await.text(), "Hello, world!\n");
+    // Asked through `ferry ctl`, the failure is the answer: exit 1, and why.
+    let (code, _, err) = ctl(&control, &["upgrade"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("upgrade failed") && err.contains("exited before it was ready"),
+        "{err}"
+    );
 
     // One that hangs is killed after --start-timeout.
     install("#!/bin/sh\nexec sleep 60\n");
-    upgrade_fails(&ferry, 3, "not ready within 2s");
+    upgrade_fails(&ferry, 4, "not ready within 2s");
     assert_eq!(get(ferry.addr, "/").await.text(), "Hello, world!\n");
-    // The third new master, killed, is reaped.
+    // The fourth new master, killed, is reaped.
     let ended = ferry
         .log
-        .wait_for_nth("upgrade: the new master (", 3, WAIT)
+        .wait_for_nth("upgrade: the new master (", 4, WAIT)
         .expect("the hung new master is reaped");
     assert!(ended.contains("ended"), "{ended}");
     assert!(alive(ferry.pid()));

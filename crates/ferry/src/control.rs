@@ -7,7 +7,9 @@
 //! `{"cmd":"reload"}` (answers once every slot is done, with each slot's outcome;
 //! `ok` is false if any replacement failed to start), `{"cmd":"scale","to":N}` or
 //! `{"cmd":"scale","by":1}` / `-1`, `{"cmd":"retire","pid":P}` (replace that worker,
-//! its replacement ready first), `{"cmd":"stop"}` or `{"cmd":"stop","now":true}`, and
+//! its replacement ready first), `{"cmd":"upgrade"}` (as SIGUSR2; answers once the new
+//! master serves, with its pid, or with why it failed), `{"cmd":"stop"}` or
+//! `{"cmd":"stop","now":true}`, and
 //! `{"cmd":"events"}`, after whose answer the connection carries every lifecycle event
 //! (`events.rs`) as a line, until the client closes it.
 //! Every answer has `ok`; a failed one has `error`, naming what was wrong (an unknown
@@ -35,11 +37,19 @@ use crate::sockfile::Owned;
 /// Longest request line read; a longer one is an error, and the connection closes.
 const MAX_REQUEST: usize = 64 * 1024;
 
-/// What the control socket asks of the master's top level.
+/// How to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
     Graceful,
     Now,
+}
+
+/// What the control socket asks of the master's top level.
+#[derive(Debug)]
+pub enum Ask {
+    Stop(Stop),
+    /// Upgrade the master (as SIGUSR2); the new master's pid, or why not.
+    Upgrade(tokio::sync::oneshot::Sender<Result<u32, String>>),
 }
 
 /// Where the control socket lives by default, for the master listening on `port`:
@@ -87,7 +97,7 @@ pub async fn serve(
     listener: Listener,
     ctx: Arc<Ctx>,
     slots: Slots,
-    stop: mpsc::UnboundedSender<Stop>,
+    stop: mpsc::UnboundedSender<Ask>,
 ) {
     loop {
         let conn = match listener.accept().await {
@@ -133,7 +143,7 @@ async fn converse(
     conn: Stream,
     ctx: &Ctx,
     slots: &Slots,
-    stop: &mpsc::UnboundedSender<Stop>,
+    stop: &mpsc::UnboundedSender<Ask>,
 ) -> io::Result<()> {
     // `&Stream` reads and writes: one reader, one writer, no split needed.
     let mut lines = BufReader::new(&conn);
@@ -172,7 +182,7 @@ async fn converse(
     }
 }
 
-const COMMANDS: &str = "status, workers, reload, retire, scale, stop, events";
+const COMMANDS: &str = "status, workers, reload, retire, scale, upgrade, stop, events";
 
 /// Writes every lifecycle event as a line until the client goes away.
 async fn stream_events(
@@ -205,7 +215,7 @@ async fn answer(
     req: Request,
     ctx: &Ctx,
     slots: &Slots,
-    stop: &mpsc::UnboundedSender<Stop>,
+    stop: &mpsc::UnboundedSender<Ask>,
 ) -> Value {
     match req.cmd.as_str() {
         "status" => json!({"ok": true, "status": crate::admin::status(ctx)}),
@@ -264,9 +274,22 @@ async fn answer(
             }
             json!({"ok": true, "workers": target, "was": now})
         }
+        "upgrade" => {
+            let (reply, outcome) = tokio::sync::oneshot::channel();
+            let _ = stop.send(Ask::Upgrade(reply));
+            match outcome.await {
+                Ok(Ok(pid)) => {
+                    json!({"ok": true, "new_master": pid, "old_master": std::process::id()})
+                }
+                Ok(Err(e)) => {
+                    json!({"ok": false, "error": format!("upgrade failed: {e}; this master keeps serving")})
+                }
+                Err(_) => json!({"ok": false, "error": "the master ended before the upgrade did"}),
+            }
+        }
         "stop" => {
             let how = if req.now { Stop::Now } else { Stop::Graceful };
-            let _ = stop.send(how);
+            let _ = stop.send(Ask::Stop(how));
             json!({"ok": true, "stopping": if req.now { "now" } else { "gracefully" }})
         }
         other => {

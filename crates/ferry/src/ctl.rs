@@ -49,6 +49,10 @@ enum Command {
         #[arg(allow_hyphen_values = true)]
         workers: String,
     },
+    /// Upgrade the master binary in place, as SIGUSR2: a new master from the same
+    /// path takes the sockets over. Reports the new master's pid, or exit 1 if it
+    /// failed (this master then keeps serving).
+    Upgrade,
     /// Stop gracefully (in-flight requests finish), or at once with --now.
     Stop {
         #[arg(long)]
@@ -98,6 +102,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             }
         }
         Command::Stop { now } => json!({"cmd": "stop", "now": now}),
+        Command::Upgrade => json!({"cmd": "upgrade"}),
     };
     let answer = match ask(&path, &request) {
         Ok(a) => a,
@@ -202,6 +207,10 @@ fn show(command: &Command, answer: &Value) -> String {
             format!("{} worker(s), was {}\n", answer["workers"], answer["was"])
         }
         Command::Stop { .. } => format!("stopping {}\n", answer["stopping"].as_str().unwrap_or("")),
+        Command::Upgrade => format!(
+            "upgraded: master {} serves; master {} drains and exits\n",
+            answer["new_master"], answer["old_master"]
+        ),
     }
 }
 

@@ -20,7 +20,7 @@ use tracing_appender::non_blocking::ErrorCounter;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
-use crate::control::Stop;
+use crate::control::{Ask, Stop};
 use crate::ctx::Ctx;
 use crate::listen::{Listener, Spec};
 use crate::privilege::Launch;
@@ -255,8 +255,14 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         crate::upgrade::say_ready(i.ready);
         files.0.extend(listener_files);
     }
-    let (upgraded_tx, mut upgraded_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut upgrading = false;
+    let (mut upgrader, mut upgrades) = crate::upgrade::Upgrader::new(
+        exe,
+        args,
+        handed,
+        admin_fd,
+        control_path,
+        ctx.config.start_timeout,
+    );
     if sizes_itself {
         tokio::spawn(crate::scaler::run(ctx.clone(), slots.clone()));
     }
@@ -277,28 +283,9 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
                 }
             }
             _ = ttou.recv() => { slots.shrink("SIGTTOU"); }
-            _ = usr2.recv() => {
-                let Some(exe) = exe.clone() else {
-                    tracing::warn!("SIGUSR2: cannot upgrade: the path of this binary is unknown");
-                    continue;
-                };
-                if upgrading {
-                    tracing::warn!("SIGUSR2: an upgrade is already under way");
-                    continue;
-                }
-                upgrading = true;
-                tracing::info!("SIGUSR2: starting a new master from {}", exe.display());
-                let handover = (exe, args.clone(), handed.clone(), admin_fd, control_path.clone());
-                let (within, done) = (ctx.config.start_timeout, upgraded_tx.clone());
-                tokio::spawn(async move {
-                    let (exe, args, listeners, admin, control) = handover;
-                    let _ = done.send(crate::upgrade::run(crate::upgrade::Handover {
-                        exe: &exe, args: &args, listeners, admin, control, within,
-                    }).await);
-                });
-            }
-            Some(outcome) = upgraded_rx.recv() => {
-                upgrading = false;
+            _ = usr2.recv() => upgrader.start("SIGUSR2", None),
+            Some(outcome) = upgrades.recv() => {
+                upgrader.finished(&outcome);
                 match outcome {
                     Ok(pid) => {
                         tracing::info!("upgrade: the new master ({pid}) is ready; this master ({}) stops accepting and drains", std::process::id());
@@ -314,10 +301,13 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
             _ = term.recv() => break true,
             _ = int.recv() => break true,
             _ = quit.recv() => break false,
-            Some(how) = stop_rx.recv() => {
-                tracing::info!("control socket: stop ({how:?})");
-                break how == Stop::Graceful;
-            }
+            Some(ask) = stop_rx.recv() => match ask {
+                Ask::Stop(how) => {
+                    tracing::info!("control socket: stop ({how:?})");
+                    break how == Stop::Graceful;
+                }
+                Ask::Upgrade(reply) => upgrader.start("ferry ctl upgrade", Some(reply)),
+            },
         }
     };
     if !graceful {

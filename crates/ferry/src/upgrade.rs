@@ -110,6 +110,94 @@ fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// The old master's side: at most one upgrade at a time, and who waits for its
+/// outcome (`ferry ctl upgrade`).
+pub struct Upgrader {
+    /// The binary to run and its arguments (this master's, from its start).
+    pub exe: Option<PathBuf>,
+    pub args: Vec<OsString>,
+    pub listeners: Vec<(RawFd, bool)>,
+    pub admin: Option<RawFd>,
+    pub control: Option<PathBuf>,
+    pub within: Duration,
+    running: bool,
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<u32, String>>>,
+    done: tokio::sync::mpsc::UnboundedSender<Result<u32, String>>,
+}
+
+/// The outcome of each upgrade [`Upgrader::start`]s, in order.
+pub type Outcomes = tokio::sync::mpsc::UnboundedReceiver<Result<u32, String>>;
+
+impl Upgrader {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        exe: Option<PathBuf>,
+        args: Vec<OsString>,
+        listeners: Vec<(RawFd, bool)>,
+        admin: Option<RawFd>,
+        control: Option<PathBuf>,
+        within: Duration,
+    ) -> (Upgrader, Outcomes) {
+        let (done, outcomes) = tokio::sync::mpsc::unbounded_channel();
+        let u = Upgrader {
+            exe,
+            args,
+            listeners,
+            admin,
+            control,
+            within,
+            running: false,
+            waiting: Vec::new(),
+            done,
+        };
+        (u, outcomes)
+    }
+
+    /// Starts an upgrade (`why` names who asked), unless one is under way; `reply`,
+    /// if given, hears its outcome either way.
+    pub fn start(
+        &mut self,
+        why: &str,
+        reply: Option<tokio::sync::oneshot::Sender<Result<u32, String>>>,
+    ) {
+        let Some(exe) = self.exe.clone() else {
+            tracing::warn!("{why}: cannot upgrade: the path of this binary is unknown");
+            if let Some(r) = reply {
+                let _ = r.send(Err("the path of this binary is unknown".into()));
+            }
+            return;
+        };
+        self.waiting.extend(reply);
+        if self.running {
+            tracing::warn!("{why}: an upgrade is already under way");
+            return;
+        }
+        self.running = true;
+        tracing::info!("{why}: starting a new master from {}", exe.display());
+        let (args, listeners, admin) = (self.args.clone(), self.listeners.clone(), self.admin);
+        let (control, within, done) = (self.control.clone(), self.within, self.done.clone());
+        tokio::spawn(async move {
+            let h = Handover {
+                exe: &exe,
+                args: &args,
+                listeners,
+                admin,
+                control,
+                within,
+            };
+            let _ = done.send(run(h).await);
+        });
+    }
+
+    /// An upgrade ended: everyone waiting hears how.
+    pub fn finished(&mut self, outcome: &Result<u32, String>) {
+        self.running = false;
+        for r in self.waiting.drain(..) {
+            let _ = r.send(outcome.clone());
+        }
+    }
+}
+
 /// What the old master hands over.
 pub struct Handover<'a> {
     /// The binary to run and its arguments (this master's, from its start).
