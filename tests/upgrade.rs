@@ -113,9 +113,17 @@ async fn sigusr2_upgrades_the_master_under_load_with_nothing_lost() {
     let dir = fresh_dir("upgrade");
     let control = dir.join("c.sock");
     let control_arg = control.to_string_lossy().into_owned();
-    let mut ferry = Ferry::testbed(&["--workers", "2", "--control-socket", &control_arg]);
+    let mut ferry = Ferry::testbed(&[
+        "--workers",
+        "2",
+        "--control-socket",
+        &control_arg,
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
     let old = ferry.pid();
     let addr = ferry.addr;
+    let admin = ferry.admin_addr();
     let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
     let clients = load(addr, 64, stop.clone(), tally.clone());
     answers(&tally, 500).await;
@@ -208,6 +216,10 @@ async fn sigusr2_upgrades_the_master_under_load_with_nothing_lost() {
     let (_, out, _) = ctl(&control, &["status"]);
     assert!(out.contains(&format!("pid {newest}")), "{out}");
     assert_eq!(get(addr, "/").await.text(), "Hello, world!\n");
+    // The admin endpoint was handed over too: same port, the newest master answers.
+    let status: serde_json::Value =
+        serde_json::from_slice(&get(admin, "/status").await.body).unwrap();
+    assert_eq!(status["pid"], newest, "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
