@@ -245,7 +245,7 @@ fn a_malformed_control_request_gets_an_error_and_the_connection_stays_usable() {
     assert!(unknown["error"]
         .as_str()
         .unwrap()
-        .contains("status, workers, reload, retire, scale, stop, events"));
+        .contains("status, workers, reload, retire, scale, upgrade, stop, events"));
     let fine = ask("{\"cmd\":\"workers\"}\n");
     assert_eq!(fine["ok"], true);
 }
