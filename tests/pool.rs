@@ -268,3 +268,37 @@ async fn a_request_every_worker_refuses_gets_503_after_eight_retries() {
     // The pool is whole again: both slots have a worker (each a fresh one).
     assert!(ferry.log.wait_for_nth("worker started", 12, WAIT).is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_that_cannot_start_is_retried_with_backoff_while_the_worker_serves() {
+    let dir = fresh_dir("spare-backoff");
+    let fail = dir.join("fail");
+    let f = Ferry::builder(&["--workers", "1", "--spare-workers", "1"], &[&testbed()])
+        .env("FERRY_TESTBED_FAIL_IF_EXISTS", &fail.to_string_lossy())
+        .start();
+    assert!(f.log.wait_for_nth("worker started", 2, WAIT).is_some());
+    let serving = pid_in(&get(f.addr, "/pid").await.text());
+    let spare = *f.worker_pids().iter().find(|p| **p != serving).unwrap();
+    // From now on no worker can start: the spare dies, and every start of another
+    // fails, each retry twice as far off as the last.
+    std::fs::write(&fail, b"").unwrap();
+    unsafe { libc::kill(spare as i32, libc::SIGKILL) };
+    let failed = "spare worker failed to start (next attempt in ";
+    for (n, delay) in [(1, "200ms"), (2, "400ms"), (3, "800ms")] {
+        let line = f
+            .log
+            .wait_for_nth(failed, n, WAIT)
+            .unwrap_or_else(|| panic!("{}", f.log.text()));
+        assert!(line.contains(&format!("in {delay})")), "{line}");
+        // The worker in the pool serves on meanwhile.
+        assert_eq!(pid_in(&get(f.addr, "/pid").await.text()), serving);
+    }
+    // Once starts work again, a spare is back beside the worker.
+    std::fs::remove_file(&fail).unwrap();
+    assert!(
+        f.log.wait_for_nth("worker started", 3, WAIT).is_some(),
+        "{}",
+        f.log.text()
+    );
+    assert_eq!(f.worker_pids().len(), 2);
+}
