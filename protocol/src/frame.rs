@@ -7,7 +7,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::message::{BytesRef, MasterMsg, RequestHead, WorkerMsg};
+use crate::message::{BytesRef, MasterMsg, RequestHead, RequestHeadRef, WorkerMsg};
 use crate::{wire, ProtocolError, LENGTH_PREFIX};
 
 /// Spare room kept in a read buffer that waits for the rest of a frame.
@@ -81,6 +81,16 @@ pub fn encode_request_head(
     max_frame_size: usize,
 ) -> Result<(), ProtocolError> {
     framed(dst, max_frame_size, |dst| wire::put_request_head(head, dst))
+}
+
+/// Appends a framed `RequestHead` whose fields are all borrowed
+/// ([`RequestHeadRef`]): the same bytes as [`encode_request_head`] of the same head.
+pub fn encode_head_ref<H: serde::Serialize>(
+    head: &RequestHeadRef<'_, H>,
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+) -> Result<(), ProtocolError> {
+    framed(dst, max_frame_size, |dst| wire::put_head_ref(head, dst))
 }
 
 /// Appends one framed master message to `dst`; see [`encode_worker`].

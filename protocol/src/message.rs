@@ -160,6 +160,23 @@ pub struct RequestHead<B = Bytes> {
     pub body: BodyKind<B>,
 }
 
+/// A `RequestHead` to encode with every field borrowed, so the master builds it
+/// straight from the parsed request without a copy: `headers` is anything that
+/// serializes as a sequence of `Header<BytesRef>` (the master's walks hyper's header
+/// map in place, so the frame buffer is the only allocation). It encodes to exactly
+/// the bytes of the [`RequestHead`] with the same fields
+/// ([`frame::encode_head_ref`](crate::frame::encode_head_ref)).
+#[derive(Debug, Serialize)]
+pub struct RequestHeadRef<'a, H: Serialize> {
+    pub id: u64,
+    pub method: &'a str,
+    pub target: &'a str,
+    pub version: HttpVersion,
+    pub headers: H,
+    pub peer: &'a str,
+    pub body: BodyKind<BytesRef<'a>>,
+}
+
 impl RequestHead {
     /// The same head with its byte fields borrowed, for
     /// [`frame::encode_request_head`](crate::frame::encode_request_head).

@@ -103,6 +103,10 @@ pub(crate) fn put_request_head(head: &RequestHead<BytesRef<'_>>, dst: &mut Bytes
     put(dst, tag::REQUEST_HEAD, head);
 }
 
+pub(crate) fn put_head_ref<H: Serialize>(head: &RequestHeadRef<'_, H>, dst: &mut BytesMut) {
+    put(dst, tag::REQUEST_HEAD, head);
+}
+
 /// Appends the payload (type byte and fields, no length prefix) of a master message.
 pub(crate) fn put_master(msg: &MasterMsg, dst: &mut BytesMut) {
     match msg {

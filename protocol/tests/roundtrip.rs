@@ -161,3 +161,40 @@ proptest! {
         let _ = frame::decode_master(Bytes::from(p));
     }
 }
+
+/// A head with every field borrowed encodes to the very bytes of the owned one.
+#[test]
+fn a_borrowed_head_encodes_like_the_owned_one() {
+    use ferry_protocol::frame::{encode_head_ref, encode_request_head};
+    let owned = RequestHead {
+        id: 9,
+        method: "POST".into(),
+        target: "/a?b=c".into(),
+        version: HttpVersion::Http11,
+        headers: vec![Header::new("host", "x"), Header::new("cookie", "a=1; b=2")],
+        peer: "127.0.0.1:5".into(),
+        body: BodyKind::Inline(bytes::Bytes::from_static(b"hi")),
+    };
+    let mut a = bytes::BytesMut::new();
+    encode_request_head(&owned.borrowed(), &mut a, 1 << 20).unwrap();
+    let headers: Vec<Header<BytesRef>> = owned
+        .headers
+        .iter()
+        .map(|h| Header {
+            name: BytesRef(&h.name),
+            value: BytesRef(&h.value),
+        })
+        .collect();
+    let borrowed = RequestHeadRef {
+        id: 9,
+        method: "POST",
+        target: "/a?b=c",
+        version: HttpVersion::Http11,
+        headers: &headers[..],
+        peer: "127.0.0.1:5",
+        body: BodyKind::Inline(BytesRef(b"hi")),
+    };
+    let mut b = bytes::BytesMut::new();
+    encode_head_ref(&borrowed, &mut b, 1 << 20).unwrap();
+    assert_eq!(a, b);
+}

@@ -282,49 +282,36 @@ impl Head<'_> {
         // an absolute URI. Workers get what an HTTP/1.1 request would have given them:
         // an origin-form target, and the authority as `host` if there is none.
         let h2 = parts.version == http::Version::HTTP_2;
-        let target = match parts.uri.path_and_query() {
-            Some(pq) if h2 || parts.uri.scheme().is_none() => pq.as_str().to_owned(),
-            _ => parts.uri.to_string(),
+        let target: std::borrow::Cow<str> = match parts.uri.path_and_query() {
+            Some(pq) if h2 || parts.uri.scheme().is_none() => pq.as_str().into(),
+            _ => parts.uri.to_string().into(),
         };
         let host = match parts.uri.authority() {
-            Some(a) if h2 && !parts.headers.contains_key(http::header::HOST) => Some(Header {
-                name: BytesRef(b"host"),
-                value: BytesRef(a.as_str().as_bytes()),
-            }),
+            Some(a) if h2 && !parts.headers.contains_key(header::HOST) => {
+                Some(a.as_str().as_bytes())
+            }
             _ => None,
         };
         // HTTP/2 clients may split the cookie header into one field per cookie (RFC 9113
         // §8.2.3); HTTP/1.1 has one, and frameworks often read only the first.
         let joined_cookie = h2.then(|| {
-            let cookies = parts.headers.get_all(http::header::COOKIE);
+            let cookies = parts.headers.get_all(header::COOKIE);
             let values: Vec<&[u8]> = cookies.iter().map(|v| v.as_bytes()).collect();
             (values.len() > 1).then(|| values.join(&b"; "[..]))
         });
         let joined_cookie = joined_cookie.flatten();
-        // Sized up front: one allocation for the list, whatever is added or dropped.
-        let mut headers = Vec::with_capacity(parts.headers.len() + 2);
-        headers.extend(host);
-        for (n, v) in &parts.headers {
-            if joined_cookie.is_none() || n != http::header::COOKIE {
-                headers.push(Header {
-                    name: BytesRef(n.as_str().as_bytes()),
-                    value: BytesRef(v.as_bytes()),
-                });
-            }
-        }
-        if let Some(c) = &joined_cookie {
-            headers.push(Header {
-                name: BytesRef(b"cookie"),
-                value: BytesRef(c),
-            });
-        }
-        let head = RequestHead {
+        let headers = WireHeaders {
+            host,
+            map: &parts.headers,
+            cookie: joined_cookie.as_deref(),
+        };
+        let head = RequestHeadRef {
             id,
-            method: parts.method.as_str().to_owned(),
-            target,
+            method: parts.method.as_str(),
+            target: &target,
             version: version(parts.version),
-            headers,
-            peer: self.peer.to_owned(),
+            headers: &headers,
+            peer: self.peer,
             body: match (self.inline, self.streamed) {
                 (Some(b), _) => BodyKind::Inline(BytesRef(b)),
                 (None, true) => BodyKind::Streamed {
@@ -333,17 +320,59 @@ impl Head<'_> {
                 (None, false) => BodyKind::Empty,
             },
         };
+        // Sized up front: the frame buffer is the one allocation.
         let size = 128
-            + head.target.len()
+            + target.len()
+            + self.peer.len()
             + self.inline.map_or(0, <[u8]>::len)
-            + head
-                .headers
-                .iter()
-                .map(|h| 16 + h.name.0.len() + h.value.0.len())
-                .sum::<usize>();
+            + headers.bytes();
         let mut buf = bytes::BytesMut::with_capacity(size);
-        frame::encode_request_head(&head, &mut buf, max_frame)?;
+        frame::encode_head_ref(&head, &mut buf, max_frame)?;
         Ok(buf.freeze())
+    }
+}
+
+/// A request's headers as the channel carries them, serialized straight from hyper's
+/// map: no list of them is built on the way.
+struct WireHeaders<'a> {
+    /// An HTTP/2 request's authority, as `host`, first.
+    host: Option<&'a [u8]>,
+    map: &'a http::HeaderMap,
+    /// HTTP/2 cookies joined into one field, which replaces the separate ones, last.
+    cookie: Option<&'a [u8]>,
+}
+
+impl WireHeaders<'_> {
+    /// The fields in the order sent.
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let skip_cookies = self.cookie.is_some();
+        let host = self.host.map(|h| (&b"host"[..], h));
+        let cookie = self.cookie.map(|c| (&b"cookie"[..], c));
+        let map = self
+            .map
+            .iter()
+            .filter(move |(n, _)| !(skip_cookies && *n == header::COOKIE))
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        host.into_iter().chain(map).chain(cookie)
+    }
+
+    /// Bytes the fields take on the wire, with their lengths.
+    fn bytes(&self) -> usize {
+        self.fields().map(|(n, v)| 16 + n.len() + v.len()).sum()
+    }
+}
+
+impl serde::Serialize for WireHeaders<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.fields().count()))?;
+        for (name, value) in self.fields() {
+            seq.serialize_element(&Header {
+                name: BytesRef(name),
+                value: BytesRef(value),
+            })?;
+        }
+        seq.end()
     }
 }
 
