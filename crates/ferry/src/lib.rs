@@ -4,7 +4,7 @@
 //!
 //! Modules, in the order a request meets them: [`listen`] (the listening sockets:
 //! bound, inherited, accepted on; [`sockfile`] their files), [`front`] (HTTP connections),
-//! [`proxy`] (one request's exchange), [`dispatch`] (the pool, the table of requests
+//! [`proxy`] (one request's exchange), [`head`] (its head frame), [`dispatch`] (the pool, the table of requests
 //! in flight on each worker, its channel and writer), [`body`] (the response body
 //! back to the client), [`activity`] (whether the client keeps up), [`access_log`] (a line per response). The workers behind it: [`worker`] (one process's handshake
 //! and supervision), [`spawn`] (forking a process), [`process`] (signals, memory,
@@ -27,6 +27,8 @@ pub mod sockfile;
 pub mod front;
 
 pub mod proxy;
+
+pub mod head;
 
 pub mod dispatch;
 

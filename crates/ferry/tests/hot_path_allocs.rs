@@ -12,7 +12,7 @@ use ferry::config::Balance;
 use ferry::dispatch::channel::Channel;
 use ferry::dispatch::pool::Pool;
 use ferry::dispatch::writer::OutgoingCodec;
-use ferry::proxy::Head;
+use ferry::head::Head;
 use ferry_protocol::codec::MasterCodec;
 use ferry_protocol::frame::{decode_worker, encode_worker, split_frame};
 use ferry_protocol::*;

@@ -1,0 +1,135 @@
+//! A request's head frame, encoded straight from hyper's parsed request: the method,
+//! target, peer and every header are borrowed and copied once, into the frame
+//! (`RequestHeadRef`, with the headers serialized from hyper's map in place), so the
+//! frame buffer (and the `Bytes` handle it becomes) is all it allocates. HTTP/2 requests are made to look as HTTP/1.1
+//! ones would to a worker: an origin-form target, `host` from the authority, and
+//! split cookies joined.
+
+use ferry_protocol::*;
+use http::header;
+
+/// What a request's head frame is made of, borrowed from hyper's request: encoding
+/// copies each header once, into the frame, with no buffer per header on the way.
+pub struct Head<'a> {
+    pub parts: &'a http::request::Parts,
+    /// The client's address, `ip:port`.
+    pub peer: &'a str,
+    /// A body small enough to ride in the head frame.
+    pub inline: Option<&'a [u8]>,
+    /// The body follows as chunks (then `inline` is `None`).
+    pub streamed: bool,
+    /// The body's declared length, if any.
+    pub length: Option<u64>,
+}
+
+impl Head<'_> {
+    /// The framed `RequestHead` for request `id`.
+    pub fn encode(&self, id: u64, max_frame: usize) -> Result<bytes::Bytes, ProtocolError> {
+        let parts = self.parts;
+        // HTTP/2 carries the authority and path as pseudo-headers, which hyper puts in
+        // an absolute URI. Workers get what an HTTP/1.1 request would have given them:
+        // an origin-form target, and the authority as `host` if there is none.
+        let h2 = parts.version == http::Version::HTTP_2;
+        let target: std::borrow::Cow<str> = match parts.uri.path_and_query() {
+            Some(pq) if h2 || parts.uri.scheme().is_none() => pq.as_str().into(),
+            _ => parts.uri.to_string().into(),
+        };
+        let host = match parts.uri.authority() {
+            Some(a) if h2 && !parts.headers.contains_key(header::HOST) => {
+                Some(a.as_str().as_bytes())
+            }
+            _ => None,
+        };
+        // HTTP/2 clients may split the cookie header into one field per cookie (RFC 9113
+        // §8.2.3); HTTP/1.1 has one, and frameworks often read only the first.
+        let joined_cookie = h2.then(|| {
+            let cookies = parts.headers.get_all(header::COOKIE);
+            let values: Vec<&[u8]> = cookies.iter().map(|v| v.as_bytes()).collect();
+            (values.len() > 1).then(|| values.join(&b"; "[..]))
+        });
+        let joined_cookie = joined_cookie.flatten();
+        let headers = WireHeaders {
+            host,
+            map: &parts.headers,
+            cookie: joined_cookie.as_deref(),
+        };
+        let head = RequestHeadRef {
+            id,
+            method: parts.method.as_str(),
+            target: &target,
+            version: version(parts.version),
+            headers: &headers,
+            peer: self.peer,
+            body: match (self.inline, self.streamed) {
+                (Some(b), _) => BodyKind::Inline(BytesRef(b)),
+                (None, true) => BodyKind::Streamed {
+                    length: self.length,
+                },
+                (None, false) => BodyKind::Empty,
+            },
+        };
+        // Sized up front: the frame buffer is the one allocation.
+        let size = 128
+            + target.len()
+            + self.peer.len()
+            + self.inline.map_or(0, <[u8]>::len)
+            + headers.bytes();
+        let mut buf = bytes::BytesMut::with_capacity(size);
+        frame::encode_head_ref(&head, &mut buf, max_frame)?;
+        Ok(buf.freeze())
+    }
+}
+
+/// A request's headers as the channel carries them, serialized straight from hyper's
+/// map: no list of them is built on the way.
+struct WireHeaders<'a> {
+    /// An HTTP/2 request's authority, as `host`, first.
+    host: Option<&'a [u8]>,
+    map: &'a http::HeaderMap,
+    /// HTTP/2 cookies joined into one field, which replaces the separate ones, last.
+    cookie: Option<&'a [u8]>,
+}
+
+impl WireHeaders<'_> {
+    /// The fields in the order sent.
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let skip_cookies = self.cookie.is_some();
+        let host = self.host.map(|h| (&b"host"[..], h));
+        let cookie = self.cookie.map(|c| (&b"cookie"[..], c));
+        let map = self
+            .map
+            .iter()
+            .filter(move |(n, _)| !(skip_cookies && *n == header::COOKIE))
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        host.into_iter().chain(map).chain(cookie)
+    }
+
+    /// Bytes the fields take on the wire, with their lengths.
+    fn bytes(&self) -> usize {
+        self.fields().map(|(n, v)| 16 + n.len() + v.len()).sum()
+    }
+}
+
+impl serde::Serialize for WireHeaders<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.fields().count()))?;
+        for (name, value) in self.fields() {
+            seq.serialize_element(&Header {
+                name: BytesRef(name),
+                value: BytesRef(value),
+            })?;
+        }
+        seq.end()
+    }
+}
+
+fn version(v: http::Version) -> HttpVersion {
+    match v {
+        http::Version::HTTP_09 => HttpVersion::Http09,
+        http::Version::HTTP_10 => HttpVersion::Http10,
+        http::Version::HTTP_2 => HttpVersion::Http2,
+        http::Version::HTTP_3 => HttpVersion::Http3,
+        _ => HttpVersion::Http11,
+    }
+}
