@@ -247,33 +247,25 @@ pub fn adopt(fd: RawFd, what: &str) -> Result<Listener, String> {
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
         return Err(format!("{what}: descriptor {fd} is not open"));
     }
-    let socket = unsafe { Socket::from_raw_fd(fd) };
-    let check = || -> io::Result<Result<(), String>> {
-        if socket.r#type()? != Type::STREAM {
-            return Ok(Err("not a stream socket".into()));
+    // Not ours to close until it passes: a refused descriptor is left as we found it.
+    let socket = std::mem::ManuallyDrop::new(unsafe { Socket::from_raw_fd(fd) });
+    let refused = |why: String| Err(format!("{what}: descriptor {fd} is {why}"));
+    let domain = match (socket.r#type(), socket.is_listener(), socket.domain()) {
+        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {
+            return refused(format!("not a socket ({e})"))
         }
-        if !socket.is_listener()? {
-            return Ok(Err("not listening (listen(2) was never called)".into()));
+        (Ok(t), ..) if t != Type::STREAM => return refused("not a stream socket".into()),
+        (_, Ok(false), _) => return refused("not listening (listen(2) was never called)".into()),
+        (.., Ok(d)) if ![Domain::UNIX, Domain::IPV4, Domain::IPV6].contains(&d) => {
+            return refused("neither a TCP nor a Unix socket".into())
         }
-        Ok(Ok(()))
+        (Ok(_), Ok(_), Ok(d)) => d,
     };
-    match check() {
-        Ok(Ok(())) => {}
-        // Not ours to close: a refused descriptor is left as we found it.
-        Ok(Err(why)) => {
-            std::mem::forget(socket);
-            return Err(format!("{what}: descriptor {fd} is {why}"));
-        }
-        Err(e) => {
-            std::mem::forget(socket);
-            return Err(format!("{what}: descriptor {fd} is not a socket ({e})"));
-        }
-    }
+    let socket = std::mem::ManuallyDrop::into_inner(socket);
     // Inherited descriptors are not close-on-exec; workers must not get them.
     socket
         .set_cloexec(true)
         .map_err(|e| format!("{what}: {e}"))?;
-    let domain = socket.domain().map_err(|e| format!("{what}: {e}"))?;
     if domain == Domain::UNIX {
         let name = socket
             .local_addr()
@@ -281,13 +273,8 @@ pub fn adopt(fd: RawFd, what: &str) -> Result<Listener, String> {
             .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
             .unwrap_or_else(|| format!("unix:({what})"));
         unix(socket, name).map_err(|e| format!("{what}: {e}"))
-    } else if domain == Domain::IPV4 || domain == Domain::IPV6 {
-        tcp(socket).map_err(|e| format!("{what}: {e}"))
     } else {
-        std::mem::forget(socket);
-        Err(format!(
-            "{what}: descriptor {fd} is neither a TCP nor a Unix socket"
-        ))
+        tcp(socket).map_err(|e| format!("{what}: {e}"))
     }
 }
 
