@@ -48,11 +48,7 @@ impl Head<'_> {
             (values.len() > 1).then(|| values.join(&b"; "[..]))
         });
         let joined_cookie = joined_cookie.flatten();
-        let headers = WireHeaders {
-            host,
-            map: &parts.headers,
-            cookie: joined_cookie.as_deref(),
-        };
+        let headers = WireHeaders::new(host, &parts.headers, joined_cookie.as_deref());
         let head = RequestHeadRef {
             id,
             method: parts.method.as_str(),
@@ -73,7 +69,7 @@ impl Head<'_> {
             + target.len()
             + self.peer.len()
             + self.inline.map_or(0, <[u8]>::len)
-            + headers.bytes();
+            + headers.bytes;
         let mut buf = bytes::BytesMut::with_capacity(size);
         frame::encode_head_ref(&head, &mut buf, max_frame)?;
         Ok(buf.freeze())
@@ -88,9 +84,27 @@ struct WireHeaders<'a> {
     map: &'a http::HeaderMap,
     /// HTTP/2 cookies joined into one field, which replaces the separate ones, last.
     cookie: Option<&'a [u8]>,
+    /// How many fields, and the bytes they take on the wire with their lengths:
+    /// counted in one pass, for the sequence's length and the buffer's size.
+    count: usize,
+    bytes: usize,
 }
 
-impl WireHeaders<'_> {
+impl<'a> WireHeaders<'a> {
+    fn new(host: Option<&'a [u8]>, map: &'a http::HeaderMap, cookie: Option<&'a [u8]>) -> Self {
+        let mut h = WireHeaders {
+            host,
+            map,
+            cookie,
+            count: 0,
+            bytes: 0,
+        };
+        (h.count, h.bytes) = h
+            .fields()
+            .fold((0, 0), |(c, b), (n, v)| (c + 1, b + 16 + n.len() + v.len()));
+        h
+    }
+
     /// The fields in the order sent.
     fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let skip_cookies = self.cookie.is_some();
@@ -103,17 +117,12 @@ impl WireHeaders<'_> {
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
         host.into_iter().chain(map).chain(cookie)
     }
-
-    /// Bytes the fields take on the wire, with their lengths.
-    fn bytes(&self) -> usize {
-        self.fields().map(|(n, v)| 16 + n.len() + v.len()).sum()
-    }
 }
 
 impl serde::Serialize for WireHeaders<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.fields().count()))?;
+        let mut seq = s.serialize_seq(Some(self.count))?;
         for (name, value) in self.fields() {
             seq.serialize_element(&Header {
                 name: BytesRef(name),
