@@ -219,19 +219,29 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
     );
 
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
-    let control_path = control.as_ref().map(|(_, path, _)| path.clone());
-    if let Some((listener, path, bound_at)) = control {
-        if bound_at != path {
-            // The old master's socket is replaced only now that this one serves.
-            match std::fs::rename(&bound_at, &path) {
-                Ok(()) => files.moved(&bound_at, &path),
-                Err(e) => tracing::warn!(
-                    "upgrade: cannot move the control socket to {}: {e}; it is at {}",
+    // A new master's socket replaces the old master's only now that it serves; if it
+    // cannot, it stays where it was bound, and that is where the next upgrade looks.
+    let control = control.map(|(listener, path, bound_at)| {
+        if bound_at == path {
+            return (listener, path);
+        }
+        match std::fs::rename(&bound_at, &path) {
+            Ok(()) => {
+                files.moved(&bound_at, &path);
+                (listener, path)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "upgrade: cannot move the control socket to {}: {e}; it stays at {}",
                     path.display(),
                     bound_at.display()
-                ),
+                );
+                (listener, bound_at)
             }
         }
+    });
+    let control_path = control.as_ref().map(|(_, path)| path.clone());
+    if let Some((listener, path)) = control {
         tracing::info!(
             "control socket at {} (ferry ctl --socket {})",
             path.display(),
@@ -255,14 +265,15 @@ pub async fn run(config: Config, log_dropped: Option<ErrorCounter>) -> ExitCode 
         crate::upgrade::say_ready(i.ready);
         files.0.extend(listener_files);
     }
-    let (mut upgrader, mut upgrades) = crate::upgrade::Upgrader::new(
-        exe,
-        args,
-        handed,
-        admin_fd,
-        control_path,
-        ctx.config.start_timeout,
-    );
+    let (mut upgrader, mut upgrades) =
+        crate::upgrade::Upgrader::new(exe.map(|exe| crate::upgrade::Handover {
+            exe,
+            args,
+            listeners: handed,
+            admin: admin_fd,
+            control: control_path,
+            within: ctx.config.start_timeout,
+        }));
     if sizes_itself {
         tokio::spawn(crate::scaler::run(ctx.clone(), slots.clone()));
     }

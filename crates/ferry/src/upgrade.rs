@@ -51,7 +51,7 @@ pub fn inherited() -> Result<Option<Inherited>, String> {
     let ready = number(&ready, READY_ENV)?;
     // Ours from here; close-on-exec again so that no worker inherits it.
     let ready = unsafe { OwnedFd::from_raw_fd(ready) };
-    set_cloexec(ready.as_raw_fd(), true).map_err(|e| format!("{READY_ENV}: {e}"))?;
+    set_cloexec(ready.as_raw_fd()).map_err(|e| format!("{READY_ENV}: {e}"))?;
     let mut listeners = Vec::new();
     for item in fds.split(',').filter(|s| !s.is_empty()) {
         let (fd, owns_file) = match item.strip_suffix('+') {
@@ -73,7 +73,7 @@ pub fn inherited() -> Result<Option<Inherited>, String> {
         Ok(fd) => {
             let fd = number(&fd, ADMIN_ENV)?;
             let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-            set_cloexec(fd, true).map_err(|e| format!("{ADMIN_ENV}: {e}"))?;
+            set_cloexec(fd).map_err(|e| format!("{ADMIN_ENV}: {e}"))?;
             l.set_nonblocking(true)
                 .map_err(|e| format!("{ADMIN_ENV}: {e}"))?;
             Some(l)
@@ -102,9 +102,9 @@ pub fn staging_path(path: &Path, pid: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
-    let flags = if on { libc::FD_CLOEXEC } else { 0 };
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } == -1 {
+/// Marks an inherited descriptor close-on-exec again, so no worker inherits it.
+fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -113,13 +113,8 @@ fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
 /// The old master's side: at most one upgrade at a time, and who waits for its
 /// outcome (`ferry ctl upgrade`).
 pub struct Upgrader {
-    /// The binary to run and its arguments (this master's, from its start).
-    pub exe: Option<PathBuf>,
-    pub args: Vec<OsString>,
-    pub listeners: Vec<(RawFd, bool)>,
-    pub admin: Option<RawFd>,
-    pub control: Option<PathBuf>,
-    pub within: Duration,
+    /// What each upgrade hands over; `None` if this binary's path is unknown.
+    plan: Option<Handover>,
     running: bool,
     waiting: Vec<tokio::sync::oneshot::Sender<Result<u32, String>>>,
     done: tokio::sync::mpsc::UnboundedSender<Result<u32, String>>,
@@ -129,23 +124,10 @@ pub struct Upgrader {
 pub type Outcomes = tokio::sync::mpsc::UnboundedReceiver<Result<u32, String>>;
 
 impl Upgrader {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        exe: Option<PathBuf>,
-        args: Vec<OsString>,
-        listeners: Vec<(RawFd, bool)>,
-        admin: Option<RawFd>,
-        control: Option<PathBuf>,
-        within: Duration,
-    ) -> (Upgrader, Outcomes) {
+    pub fn new(plan: Option<Handover>) -> (Upgrader, Outcomes) {
         let (done, outcomes) = tokio::sync::mpsc::unbounded_channel();
         let u = Upgrader {
-            exe,
-            args,
-            listeners,
-            admin,
-            control,
-            within,
+            plan,
             running: false,
             waiting: Vec::new(),
             done,
@@ -160,7 +142,7 @@ impl Upgrader {
         why: &str,
         reply: Option<tokio::sync::oneshot::Sender<Result<u32, String>>>,
     ) {
-        let Some(exe) = self.exe.clone() else {
+        let Some(plan) = self.plan.clone() else {
             tracing::warn!("{why}: cannot upgrade: the path of this binary is unknown");
             if let Some(r) = reply {
                 let _ = r.send(Err("the path of this binary is unknown".into()));
@@ -173,19 +155,10 @@ impl Upgrader {
             return;
         }
         self.running = true;
-        tracing::info!("{why}: starting a new master from {}", exe.display());
-        let (args, listeners, admin) = (self.args.clone(), self.listeners.clone(), self.admin);
-        let (control, within, done) = (self.control.clone(), self.within, self.done.clone());
+        tracing::info!("{why}: starting a new master from {}", plan.exe.display());
+        let done = self.done.clone();
         tokio::spawn(async move {
-            let h = Handover {
-                exe: &exe,
-                args: &args,
-                listeners,
-                admin,
-                control,
-                within,
-            };
-            let _ = done.send(run(h).await);
+            let _ = done.send(run(plan).await);
         });
     }
 
@@ -199,10 +172,11 @@ impl Upgrader {
 }
 
 /// What the old master hands over.
-pub struct Handover<'a> {
+#[derive(Debug, Clone)]
+pub struct Handover {
     /// The binary to run and its arguments (this master's, from its start).
-    pub exe: &'a Path,
-    pub args: &'a [OsString],
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
     /// Each public listener's descriptor, and whether the new master is to remove
     /// its socket file at exit.
     pub listeners: Vec<(RawFd, bool)>,
@@ -215,7 +189,7 @@ pub struct Handover<'a> {
 
 /// Starts the new master and waits until it is ready: its pid, or why not (it has
 /// then been killed).
-pub async fn run(h: Handover<'_>) -> Result<u32, String> {
+pub async fn run(h: Handover) -> Result<u32, String> {
     let (read_end, write_end) = pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
     let fds: Vec<String> = h
         .listeners
@@ -226,8 +200,8 @@ pub async fn run(h: Handover<'_>) -> Result<u32, String> {
     let mut passed: Vec<RawFd> = h.listeners.iter().map(|(fd, _)| *fd).collect();
     passed.extend(h.admin);
     passed.push(write_fd);
-    let mut cmd = tokio::process::Command::new(h.exe);
-    cmd.args(h.args)
+    let mut cmd = tokio::process::Command::new(&h.exe);
+    cmd.args(&h.args)
         .env(FDS_ENV, fds.join(","))
         .env(READY_ENV, write_fd.to_string())
         .env_remove(ADMIN_ENV)
