@@ -720,6 +720,35 @@ async fn sigterm_lets_a_hundred_slow_requests_finish_then_exits_0() {
     );
 }
 
+#[test]
+fn a_connection_accepted_before_a_graceful_stop_still_gets_its_first_request_answered() {
+    use std::io::{Read, Write};
+    let mut f = Ferry::testbed(&["--workers", "1"]);
+    // Connected, but its request not sent yet (it may be on the wire as the stop
+    // begins). A second connection answered after it shows the first was accepted:
+    // one listener's queue is accepted in order.
+    let mut quiet = std::net::TcpStream::connect(f.addr).unwrap();
+    let answered = raw(
+        f.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "",
+    );
+    assert!(answered.ends_with("Hello, world!\n"), "{answered}");
+    f.signal(libc::SIGTERM);
+    assert!(f
+        .log
+        .wait_for("stopping gracefully: accepting no new", WAIT)
+        .is_some());
+    quiet.set_read_timeout(Some(WAIT)).unwrap();
+    quiet
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = quiet.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(f.wait_exit(WAIT).is_some_and(|s| s.success()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigquit_stops_at_once_with_non_zero() {
     let mut f = Ferry::testbed(&["--workers", "1"]);

@@ -172,6 +172,15 @@ impl Front {
                         service(ctx.clone(), peer.clone(), Some(activity.clone())),
                     );
                     serve_h2(conn, activity, timeout, send_timeout, shutdown).await
+                } else if shutdown.is_cancelled() {
+                    // Accepted before the stop, its request came after: hyper's
+                    // graceful signal would close it unread, so it is answered on its
+                    // own, without keep-alive (bounded by the graceful timeout).
+                    drop(watcher);
+                    let mut once = h1.clone();
+                    once.keep_alive(false);
+                    once.serve_connection(io, service(ctx.clone(), peer.clone(), None))
+                        .await
                 } else {
                     watcher
                         .watch(h1.serve_connection(io, service(ctx.clone(), peer.clone(), None)))
