@@ -6,8 +6,9 @@ use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Takes ownership of the channel descriptor and hands it to tokio.
-pub(crate) fn from_env() -> io::Result<tokio::net::UnixStream> {
+/// Takes ownership of the channel descriptor (`ferry_channel::split` makes it
+/// non-blocking and hands it to tokio).
+pub(crate) fn from_env() -> io::Result<std::os::unix::net::UnixStream> {
     let var = std::env::var(CHANNEL_FD_ENV).map_err(|_| {
         io::Error::new(
             io::ErrorKind::NotFound,
@@ -30,9 +31,7 @@ pub(crate) fn from_env() -> io::Result<tokio::net::UnixStream> {
         return Err(io::Error::last_os_error());
     }
     die_with_group_on_sigterm();
-    // tokio requires non-blocking sockets: a blocking one would stall the runtime thread.
-    sock.set_nonblocking(true)?;
-    tokio::net::UnixStream::from_std(sock)
+    Ok(sock)
 }
 
 /// Under ferry, SIGTERM means "stop now" (the master sends it to a stuck worker, and

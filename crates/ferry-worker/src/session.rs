@@ -46,7 +46,7 @@ where
     B::Error: Into<BoxError>,
 {
     let stream = crate::channel::from_env()?;
-    let (read, write) = stream.into_split();
+    let (read, write) = ferry_channel::split(stream)?;
     let mut reader = FramedRead::new(read, WorkerCodec::default());
     let mut writer = FramedWrite::new(write, WorkerCodec::default());
 

@@ -2,10 +2,10 @@
 //! already queued into one write. It also keeps a refused response from leaving the
 //! master waiting: a head too large for a frame becomes a `RequestFailed`.
 
+use ferry_channel::WriteHalf;
 use ferry_protocol::codec::WorkerCodec;
 use ferry_protocol::*;
 use futures_util::SinkExt;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedWrite;
 
@@ -13,7 +13,7 @@ use tokio_util::codec::FramedWrite;
 /// one write carries many frames.
 pub(crate) async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<WorkerMsg>,
-    mut sink: FramedWrite<OwnedWriteHalf, WorkerCodec>,
+    mut sink: FramedWrite<WriteHalf, WorkerCodec>,
 ) {
     // Requests whose streamed head was refused: their later frames are dropped, since
     // the master never saw the head.

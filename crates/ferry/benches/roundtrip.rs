@@ -122,7 +122,10 @@ fn channel(c: &mut Criterion) {
     let spawned = rt
         .block_on(spawner.spawn(command, 0))
         .expect("spawn the testbed");
-    let (read, write) = spawned.channel.into_split();
+    let (read, write) = {
+        let _rt = rt.enter();
+        ferry_channel::split(spawned.channel).unwrap()
+    };
     let mut reader = FramedRead::new(read, MasterCodec::default());
     let mut writer = FramedWrite::new(write, MasterCodec::default());
     rt.block_on(async {
@@ -182,7 +185,7 @@ fn channel(c: &mut Criterion) {
     let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), child.wait()).await });
 }
 
-async fn expect_response(reader: &mut FramedRead<tokio::net::unix::OwnedReadHalf, MasterCodec>) {
+async fn expect_response(reader: &mut FramedRead<ferry_channel::ReadHalf, MasterCodec>) {
     loop {
         match reader.next().await {
             Some(Ok(WorkerMsg::ResponseHead(_))) => return,

@@ -476,7 +476,8 @@ async fn next_stop_signal(term: &mut Signal, int: &mut Signal, quit: &mut Signal
 }
 
 /// Descriptors kept back from client connections: the listeners, the log, the
-/// spawner's pipes, and per worker its channel, two output pipes and a pidfd (with
+/// spawner's pipes, and per worker its channel (two descriptors, three while it is
+/// full: `ferry_channel`), two output pipes and a pidfd (with
 /// room for a replacement starting beside each, and for SIGTTIN).
 fn reserved_fds(workers: usize) -> u64 {
     64 + 16 * workers as u64

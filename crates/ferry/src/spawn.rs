@@ -37,7 +37,8 @@ const STDERR_TAIL: usize = 20;
 pub struct Spawned {
     pub child: Child,
     pub pid: u32,
-    pub channel: tokio::net::UnixStream,
+    /// Blocking as it came; `ferry_channel::split` makes it non-blocking.
+    pub channel: StdUnixStream,
     pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
     /// Resolves when the child's stdout and stderr have both closed.
     pub output_done: oneshot::Receiver<()>,
@@ -108,10 +109,7 @@ impl Spawner {
             }
             let _ = done_tx.send(());
         });
-        let std = StdUnixStream::from(master_end);
-        // tokio needs the socket non-blocking, or reads would stall a runtime thread.
-        std.set_nonblocking(true)?;
-        let channel = tokio::net::UnixStream::from_std(std)?;
+        let channel = StdUnixStream::from(master_end);
         Ok(Spawned {
             child,
             pid,

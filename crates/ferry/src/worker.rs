@@ -16,7 +16,6 @@ use futures_util::{SinkExt, StreamExt};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -29,6 +28,7 @@ use crate::events::Event;
 use crate::process::{kill_group, rss_of, ExitDescription, GroupLeader};
 use crate::spawn::Spawned;
 use crate::sync::lock;
+use ferry_channel::ReadHalf;
 
 /// Why a worker could not be started.
 pub struct StartError {
@@ -54,7 +54,7 @@ impl fmt::Display for StartError {
 pub struct Live {
     channel: Arc<Channel>,
     process: GroupLeader,
-    reader: FramedRead<OwnedReadHalf, MasterCodec>,
+    reader: FramedRead<ReadHalf, MasterCodec>,
     /// The channel's writer task: it ends only when the channel broke (or every
     /// sender is gone, which happens after the supervisor is done).
     writer: JoinHandle<()>,
@@ -81,7 +81,8 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
         .map_err(|e| fail(format!("cannot run it: {e}")))?;
     ctx.remember_pid(pid);
     let mut process = GroupLeader::new(child, pid);
-    let (read, write) = channel.into_split();
+    let (read, write) =
+        ferry_channel::split(channel).map_err(|e| fail(format!("cannot use its channel: {e}")))?;
     let max_frame = cfg.max_frame_size as usize;
     let mut reader = FramedRead::new(read, MasterCodec::new(max_frame));
     let mut writer = FramedWrite::new(write, OutgoingCodec(MasterCodec::new(max_frame)));
@@ -534,7 +535,7 @@ fn expiry_period(request_timeout: Duration) -> Duration {
 /// channel and hold it open (the SDK prevents that; other workers may not).
 async fn read_what_is_left(
     channel: &Channel,
-    reader: &mut FramedRead<OwnedReadHalf, MasterCodec>,
+    reader: &mut FramedRead<ReadHalf, MasterCodec>,
 ) -> Result<(), Violation> {
     let rest = async {
         while route(channel, reader.next().await)? {}

@@ -3,10 +3,10 @@
 //! coalesces everything already queued into one write.
 
 use bytes::{Bytes, BytesMut};
+use ferry_channel::WriteHalf;
 use ferry_protocol::codec::MasterCodec;
 use ferry_protocol::*;
 use futures_util::SinkExt;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::codec::{Encoder, FramedWrite};
 
@@ -45,7 +45,7 @@ impl Encoder<Outgoing> for OutgoingCodec {
 /// move. The same yield in the worker's writer made things worse, so it has none.
 pub async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    mut sink: FramedWrite<OwnedWriteHalf, OutgoingCodec>,
+    mut sink: FramedWrite<WriteHalf, OutgoingCodec>,
 ) {
     while let Some(item) = rx.recv().await {
         tokio::task::yield_now().await;
