@@ -6,12 +6,13 @@
 //! bench/README.md for what is measured and how to read the results.
 
 mod floor;
+mod profile;
 mod report;
 mod server;
 mod strace;
 mod wrk;
 
-use report::{CtxRow, Ipc, Meta, Run, TraceRow};
+use report::{CtxRow, Ipc, Meta, ProfileRow, Run, TraceRow};
 use server::Server;
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -60,15 +61,18 @@ impl Mode {
 pub enum Workload {
     Hello,
     Echo,
+    /// A 1 MiB response the worker streams in 64 KiB chunks (`GET /stream`).
+    Stream,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 2] = [Workload::Hello, Workload::Echo];
+    pub const ALL: [Workload; 3] = [Workload::Hello, Workload::Echo, Workload::Stream];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Hello => "hello",
             Workload::Echo => "echo 4KiB",
+            Workload::Stream => "stream 1MiB",
         }
     }
 
@@ -76,11 +80,21 @@ impl Workload {
         match self {
             Workload::Hello => "/",
             Workload::Echo => "/echo",
+            Workload::Stream => "/stream?bytes=1048576",
         }
     }
 
     fn runs_on(self, sys: Sys) -> bool {
         self == Workload::Hello || sys != Sys::Node
+    }
+
+    /// 256 connections of 1 MiB each measure the same transport as 64 with
+    /// four times the memory and time: the stream stops at 64.
+    pub fn conns(self) -> &'static [u32] {
+        match self {
+            Workload::Stream => &CONNS[..2],
+            _ => &CONNS,
+        }
     }
 }
 
@@ -91,6 +105,8 @@ const WORKERS: usize = 2;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const WARMUP_SECS: u64 = 1;
 const IPC_SECS: u64 = 3;
+/// Length of the profiled wrk run of each system.
+const PROFILE_SECS: u64 = 5;
 
 const USAGE: &str = "\
 usage: ferry-bench [--quick] [--rounds N] [--duration SECS] [--mode pinned|shared|both]
@@ -103,7 +119,7 @@ if missing and builds the release binaries first.
   --rounds N        interleaved rounds per (mode, workload, c) [default 3]
   --duration SECS   length of each wrk run [default 5]
   --mode M          pinned, shared or both [default both]
-  --no-ipc          skip the context-switch and strace counters
+  --no-ipc          skip the context-switch and strace counters and the perf profile
   --results PATH    where to write the Markdown report [default bench/RESULTS.md]";
 
 struct Opts {
@@ -183,6 +199,8 @@ struct Env {
     nginx: bool,
     taskset: bool,
     strace: Option<String>,
+    /// `perf` is installed (the profile of where the time goes).
+    perf: bool,
 }
 
 fn in_path(name: &str) -> bool {
@@ -459,7 +477,7 @@ fn run_modes(env: &Env, opts: &Opts, warnings: &mut Vec<String>, noise: &mut Noi
                 );
                 continue;
             }
-            for c in CONNS {
+            for &c in w.conns() {
                 for round in 1..=opts.rounds {
                     let tag = format!("{} {} c={c} {round}/{}", mode.name(), w.name(), opts.rounds);
                     for r in &mut running {
@@ -736,6 +754,142 @@ fn run_ipc(env: &Env, warnings: &mut Vec<String>) -> Ipc {
     ipc
 }
 
+/// Profiles direct and ferry, pinned, hello at c=64: `perf record` of CPU 1 (every
+/// server process runs there; wrk is on CPU 0) over one measured wrk run each.
+fn run_profile(env: &Env, warnings: &mut Vec<String>, noise: &mut Noise) -> Vec<ProfileRow> {
+    if !env.perf || !env.taskset {
+        warn(
+            warnings,
+            "perf or taskset not found: skipping the profile (apt-get install linux-perf)".into(),
+        );
+        return Vec::new();
+    }
+    say("== profile (pinned, hello, c=64, perf record of CPU 1)");
+    let echo = env.root.join("bench/echo.lua");
+    let mut rows = Vec::new();
+    for sys in [Sys::Direct, Sys::Ferry] {
+        let r = match start(env, sys, true, "profile") {
+            Ok(r) => r,
+            Err(e) => {
+                warn(
+                    warnings,
+                    format!("[profile] {} did not start: {e}", sys.name()),
+                );
+                continue;
+            }
+        };
+        let warm = spec(&echo, r.server.port, Workload::Hello, 64, WARMUP_SECS, true);
+        if let Err(e) = wrk::run(&warm) {
+            warn(
+                warnings,
+                format!("[profile] {} warm-up failed: {e}", sys.name()),
+            );
+            continue;
+        }
+        match profile_one(env, &r, noise) {
+            Ok(row) => {
+                say(format!(
+                    "[profile] {}: {} samples, CPU {:.1} µs/req",
+                    sys.name(),
+                    row.counts.total / 1_000_000,
+                    row.cpu_us
+                ));
+                rows.push(row);
+            }
+            Err(e) => warn(warnings, format!("[profile] {}: {e}", sys.name())),
+        }
+    }
+    rows
+}
+
+fn profile_one(env: &Env, r: &Running, noise: &mut Noise) -> Result<ProfileRow, String> {
+    let master = r.server.pid();
+    let tree = server::tree(master);
+    let file = env.work.join(format!("perf-{}.data", r.sys.name()));
+    let _ = std::fs::remove_file(&file);
+    // perf outlives the wrk run by a second on each side; only the shares of the
+    // server's samples are used, so the idle edges do not matter.
+    let mut perf = Command::new("perf")
+        .args([
+            "record",
+            "-q",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "2000",
+            "-C",
+            "1",
+            "-g",
+            "-o",
+        ])
+        .arg(&file)
+        .args(["--", "sleep", &(PROFILE_SECS + 2).to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("could not run perf: {e}"))?;
+    // perf writes its file's header once its events are open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&file).map_or(true, |m| m.len() == 0) {
+        if let Ok(Some(status)) = perf.try_wait() {
+            return Err(format!("perf record exited at once ({status})"));
+        }
+        if Instant::now() > deadline {
+            let _ = perf.kill();
+            let _ = perf.wait();
+            return Err("perf record did not start within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let echo = env.root.join("bench/echo.lua");
+    let m = measured_run(
+        &spec(
+            &echo,
+            r.server.port,
+            Workload::Hello,
+            64,
+            PROFILE_SECS,
+            true,
+        ),
+        noise,
+        &tree,
+    );
+    let status = perf.wait().map_err(|e| e.to_string())?;
+    let m = m?;
+    if !status.success() {
+        return Err(format!("perf record failed ({status})"));
+    }
+    let out = Command::new("perf")
+        .args(["script", "-F", "pid,period,ip,sym", "-i"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("could not run perf script: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts = profile::count(&text, |pid| {
+        if pid == master {
+            Some(profile::Role::Master)
+        } else if tree.contains(&pid) {
+            Some(profile::Role::Worker)
+        } else {
+            None
+        }
+    });
+    if counts.total == 0 {
+        return Err("perf recorded no samples of the server".into());
+    }
+    Ok(ProfileRow {
+        sys: r.sys,
+        requests: m.out.requests,
+        cpu_us: m.cpu_us.ok_or("no schedstat CPU time for the tree")?,
+        switches: m.switches.unwrap_or(0.0),
+        counts,
+    })
+}
+
 /// Fuzzers and compilers running right now (the benchmark wants an idle machine).
 fn busy() -> Vec<&'static str> {
     let me = std::process::id().to_string();
@@ -947,6 +1101,7 @@ fn main() {
         node,
         nginx: in_path("nginx") || Path::new("/usr/sbin/nginx").is_file(),
         taskset: in_path("taskset"),
+        perf: in_path("perf"),
         strace: in_path("strace")
             .then(|| first_line("strace", &["-V"], &root))
             .flatten(),
@@ -962,13 +1117,21 @@ fn main() {
             now.join("; ")
         ));
     }
-    let per_mode = CONNS.len() * (Sys::ALL.len() + 2) * opts.rounds;
+    let per_mode = Workload::ALL
+        .iter()
+        .map(|w| w.conns().len() * Sys::ALL.iter().filter(|&&s| w.runs_on(s)).count())
+        .sum::<usize>()
+        * opts.rounds;
     say(format!(
         "{} round(s) × {} s; about {} s of load in total; logs in {}",
         opts.rounds,
         opts.secs,
         opts.modes.len() * per_mode * opts.secs as usize
-            + if opts.ipc { 5 * IPC_SECS as usize } else { 0 },
+            + if opts.ipc {
+                5 * IPC_SECS as usize + 2 * PROFILE_SECS as usize
+            } else {
+                0
+            },
         env.work.display()
     ));
     let started = Instant::now();
@@ -991,11 +1154,14 @@ fn main() {
             Err(e) => warn(&mut warnings, format!("socketpair round trip: {e}")),
         }
     }
-    let ipc = if opts.ipc {
+    let mut ipc = if opts.ipc {
         run_ipc(&env, &mut warnings)
     } else {
         Ipc::default()
     };
+    if opts.ipc && opts.modes.contains(&Mode::Pinned) {
+        ipc.profile = run_profile(&env, &mut warnings, &mut noise);
+    }
     meta.elapsed_secs = started.elapsed().as_secs();
     noise.check();
     meta.busy = noise.seen.iter().map(|s| s.to_string()).collect();

@@ -1,5 +1,6 @@
 //! Statistics over rounds and the Markdown report (stdout and bench/RESULTS.md).
 
+use crate::profile::{Bucket, Role};
 use crate::strace::{Counts, Dir, Fd, Side};
 use crate::{Mode, Sys, Workload, CONNS};
 use std::fmt::Write as _;
@@ -51,6 +52,30 @@ pub struct Ipc {
     pub ctx: Vec<CtxRow>,
     pub traces: Vec<TraceRow>,
     pub notes: Vec<String>,
+    /// The perf profile of direct and ferry (pinned, hello, c=64).
+    pub profile: Vec<ProfileRow>,
+}
+
+/// One system's perf profile: the shares of its samples, and the schedstat CPU per
+/// request of the same run that scales them.
+pub struct ProfileRow {
+    pub sys: Sys,
+    pub requests: u64,
+    pub cpu_us: f64,
+    pub switches: f64,
+    pub counts: crate::profile::Counts,
+}
+
+impl ProfileRow {
+    /// µs per request spent by `roles` in the buckets `keep` accepts.
+    fn us(&self, roles: &[Role], keep: impl Fn(Bucket) -> bool) -> f64 {
+        let ns: u64 = Bucket::ALL
+            .iter()
+            .filter(|&&b| keep(b))
+            .flat_map(|&b| roles.iter().map(move |&r| self.counts.get(r, b)))
+            .sum();
+        self.cpu_us * ns as f64 / self.counts.total.max(1) as f64
+    }
 }
 
 pub struct Meta {
@@ -292,6 +317,31 @@ fn targets(stats: &Stats, ipc: &Ipc, modes: &[Mode], floor: &[(Mode, f64)]) -> V
             measured: cs.map_or("not measured".into(), |v| format!("{v:.3}")),
             met: cs.map(|v| v <= 0.05),
         });
+    }
+    for &m in modes {
+        // The hop's cost should not grow with the body: the same CPU ratio to
+        // direct as hello's, within 0.05.
+        let hello = stats.cpu_ratio(m, h, 64, Sys::Ferry, Sys::Direct);
+        for wl in [Workload::Echo, Workload::Stream] {
+            let r = stats.cpu_ratio(m, wl, 64, Sys::Ferry, Sys::Direct);
+            out.push(Target {
+                what: format!(
+                    "{} c=64: ferry's CPU per request ratio to direct within hello's ± 0.05 ({})",
+                    wl.name(),
+                    m.name()
+                ),
+                measured: match (r, hello) {
+                    (Some(r), Some(hl)) => format!(
+                        "{:.2}× ({:.2}–{:.2}) against hello's {:.2}×",
+                        r.median, r.min, r.max, hl.median
+                    ),
+                    _ => "not measured".into(),
+                },
+                met: r
+                    .zip(hello)
+                    .map(|(r, hl)| (r.median - hl.median).abs() <= 0.05),
+            });
+        }
     }
     for &m in modes {
         let r = stats.ratio(m, h, 64, Sys::Ferry, Sys::Direct);
@@ -593,6 +643,7 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
     }
     w.push_str(&latency);
 
+    render_profile(w, &ipc.profile, &meta.floor);
     render_ipc(w, ipc);
 
     if !warnings.is_empty() {
@@ -631,6 +682,70 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
         let _ = writeln!(w, "\n</details>");
     }
     o
+}
+
+fn render_profile(w: &mut String, rows: &[ProfileRow], floor: &[(Mode, f64)]) {
+    let (Some(d), Some(f)) = (
+        rows.iter().find(|r| r.sys == Sys::Direct),
+        rows.iter().find(|r| r.sys == Sys::Ferry),
+    ) else {
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "\n## Where the time goes (pinned, hello, c=64: `perf record` of CPU 1)\n\n\
+         Every server process runs on CPU 1, wrk on CPU 0; perf samples CPU 1 (cpu-clock, \
+         kernel call chains) during one wrk run per system. A kernel sample is put under the \
+         transport on its stack, a user-space one under the crate of the function it landed in; \
+         the shares are scaled by the tree's schedstat CPU per request of the same run \
+         (direct {:.1} µs over {} requests, ferry {:.1} µs over {}; {:.3} and {:.3} context \
+         switches per request). µs per request; files in `target/ferry-bench/perf-*.data`.\n",
+        d.cpu_us, d.requests, f.cpu_us, f.requests, d.switches, f.switches
+    );
+    let _ = writeln!(
+        w,
+        "| where | direct | ferry master | ferry workers | ferry | ferry − direct |"
+    );
+    let _ = writeln!(w, "|---|--:|--:|--:|--:|--:|");
+    let all = [Role::Master, Role::Worker];
+    let mut line = |name: &str, keep: &dyn Fn(Bucket) -> bool| {
+        let dv = d.us(&all, keep);
+        let (m, wk) = (f.us(&[Role::Master], keep), f.us(&[Role::Worker], keep));
+        let _ = writeln!(
+            w,
+            "| {name} | {dv:.2} | {m:.2} | {wk:.2} | {:.2} | {:+.2} |",
+            m + wk,
+            m + wk - dv
+        );
+    };
+    for b in Bucket::ALL {
+        line(b.name(), &|x| x == b);
+    }
+    line("**kernel**", &|x: Bucket| x.kernel());
+    line("**user space**", &|x: Bucket| !x.kernel());
+    line("**total**", &|_| true);
+    let hop = f.cpu_us - d.cpu_us;
+    let channel = f.us(&all, |b| {
+        matches!(b, Bucket::KernelUnix | Bucket::KernelWake)
+    }) - d.us(&all, |b| b == Bucket::KernelWake);
+    let workers = f.us(&[Role::Worker], |_| true);
+    let master_user = f.us(&[Role::Master], |b| !b.kernel());
+    let _ = writeln!(
+        w,
+        "\nThe hop costs {hop:.1} µs per request here. Of it, the channel's kernel work (Unix socket \
+         and waking, beyond direct's own waking) is {channel:.1} µs; the workers take {workers:.1} µs \
+         in all (the handler's work, which direct also does, and the codec); the master's user \
+         space is {master_user:.1} µs, against {:.1} µs for all of direct's.",
+        d.us(&all, |b| !b.kernel())
+    );
+    if let Some((_, rtt)) = floor.iter().find(|(m, _)| *m == Mode::Pinned) {
+        let _ = writeln!(
+            w,
+            "For scale: one raw socketpair round trip between two processes on this CPU is \
+             {rtt:.1} µs (its floor at c=1); at c=64 the channel batches, so it pays far less than \
+             one per request."
+        );
+    }
 }
 
 fn render_ipc(w: &mut String, ipc: &Ipc) {
