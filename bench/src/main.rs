@@ -754,8 +754,13 @@ fn run_ipc(env: &Env, warnings: &mut Vec<String>) -> Ipc {
     ipc
 }
 
-/// Profiles direct and ferry, pinned, hello at c=64: `perf record` of CPU 1 (every
-/// server process runs there; wrk is on CPU 0) over one measured wrk run each.
+/// Connection counts the profile is taken at: one request at a time (the latency
+/// target) and the c=64 load of the CPU target.
+const PROFILE_CONNS: [u32; 2] = [1, 64];
+
+/// Profiles direct and ferry, pinned, hello at each of [`PROFILE_CONNS`]: `perf record`
+/// of CPU 1 (every server process runs there; wrk is on CPU 0) over one measured wrk
+/// run each.
 fn run_profile(env: &Env, warnings: &mut Vec<String>, noise: &mut Noise) -> Vec<ProfileRow> {
     if !env.perf || !env.taskset {
         warn(
@@ -764,7 +769,7 @@ fn run_profile(env: &Env, warnings: &mut Vec<String>, noise: &mut Noise) -> Vec<
         );
         return Vec::new();
     }
-    say("== profile (pinned, hello, c=64, perf record of CPU 1)");
+    say("== profile (pinned, hello, c=1 and c=64, perf record of CPU 1)");
     let echo = env.root.join("bench/echo.lua");
     let mut rows = Vec::new();
     for sys in [Sys::Direct, Sys::Ferry] {
@@ -786,26 +791,35 @@ fn run_profile(env: &Env, warnings: &mut Vec<String>, noise: &mut Noise) -> Vec<
             );
             continue;
         }
-        match profile_one(env, &r, noise) {
-            Ok(row) => {
-                say(format!(
-                    "[profile] {}: {} samples, CPU {:.1} µs/req",
-                    sys.name(),
-                    row.counts.total / 1_000_000,
-                    row.cpu_us
-                ));
-                rows.push(row);
+        for c in PROFILE_CONNS {
+            match profile_one(env, &r, c, noise) {
+                Ok(row) => {
+                    say(format!(
+                        "[profile] {} c={c}: {:.1} ms sampled, CPU {:.1} µs/req",
+                        sys.name(),
+                        row.counts.total as f64 / 1e6,
+                        row.cpu_us
+                    ));
+                    rows.push(row);
+                }
+                Err(e) => warn(warnings, format!("[profile] {} c={c}: {e}", sys.name())),
             }
-            Err(e) => warn(warnings, format!("[profile] {}: {e}", sys.name())),
         }
     }
     rows
 }
 
-fn profile_one(env: &Env, r: &Running, noise: &mut Noise) -> Result<ProfileRow, String> {
+fn profile_one(
+    env: &Env,
+    r: &Running,
+    conns: u32,
+    noise: &mut Noise,
+) -> Result<ProfileRow, String> {
     let master = r.server.pid();
     let tree = server::tree(master);
-    let file = env.work.join(format!("perf-{}.data", r.sys.name()));
+    let file = env
+        .work
+        .join(format!("perf-{}-c{conns}.data", r.sys.name()));
     let _ = std::fs::remove_file(&file);
     // perf outlives the wrk run by a second on each side; only the shares of the
     // server's samples are used, so the idle edges do not matter.
@@ -849,7 +863,7 @@ fn profile_one(env: &Env, r: &Running, noise: &mut Noise) -> Result<ProfileRow, 
             &echo,
             r.server.port,
             Workload::Hello,
-            64,
+            conns,
             PROFILE_SECS,
             true,
         ),
@@ -883,6 +897,7 @@ fn profile_one(env: &Env, r: &Running, noise: &mut Noise) -> Result<ProfileRow, 
     }
     Ok(ProfileRow {
         sys: r.sys,
+        conns,
         requests: m.out.requests,
         cpu_us: m.cpu_us.ok_or("no schedstat CPU time for the tree")?,
         switches: m.switches.unwrap_or(0.0),
@@ -1128,7 +1143,7 @@ fn main() {
         opts.secs,
         opts.modes.len() * per_mode * opts.secs as usize
             + if opts.ipc {
-                5 * IPC_SECS as usize + 2 * PROFILE_SECS as usize
+                5 * IPC_SECS as usize + 4 * PROFILE_SECS as usize
             } else {
                 0
             },

@@ -60,6 +60,7 @@ pub struct Ipc {
 /// request of the same run that scales them.
 pub struct ProfileRow {
     pub sys: Sys,
+    pub conns: u32,
     pub requests: u64,
     pub cpu_us: f64,
     pub switches: f64,
@@ -643,7 +644,9 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
     }
     w.push_str(&latency);
 
-    render_profile(w, &ipc.profile, &meta.floor);
+    for c in [1, 64] {
+        render_profile(w, &ipc.profile, c, &meta.floor);
+    }
     render_ipc(w, ipc);
 
     if !warnings.is_empty() {
@@ -684,16 +687,18 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
     o
 }
 
-fn render_profile(w: &mut String, rows: &[ProfileRow], floor: &[(Mode, f64)]) {
+fn render_profile(w: &mut String, rows: &[ProfileRow], conns: u32, floor: &[(Mode, f64)]) {
     let (Some(d), Some(f)) = (
-        rows.iter().find(|r| r.sys == Sys::Direct),
-        rows.iter().find(|r| r.sys == Sys::Ferry),
+        rows.iter()
+            .find(|r| r.sys == Sys::Direct && r.conns == conns),
+        rows.iter()
+            .find(|r| r.sys == Sys::Ferry && r.conns == conns),
     ) else {
         return;
     };
     let _ = writeln!(
         w,
-        "\n## Where the time goes (pinned, hello, c=64: `perf record` of CPU 1)\n\n\
+        "\n## Where the time goes (pinned, hello, c={conns}: `perf record` of CPU 1)\n\n\
          Every server process runs on CPU 1, wrk on CPU 0; perf samples CPU 1 (cpu-clock, \
          kernel call chains) during one wrk run per system. A kernel sample is put under the \
          transport on its stack, a user-space one under the crate of the function it landed in; \
@@ -742,8 +747,13 @@ fn render_profile(w: &mut String, rows: &[ProfileRow], floor: &[(Mode, f64)]) {
         let _ = writeln!(
             w,
             "For scale: one raw socketpair round trip between two processes on this CPU is \
-             {rtt:.1} µs (its floor at c=1); at c=64 the channel batches, so it pays far less than \
-             one per request."
+             {rtt:.1} µs; {}",
+            if conns == 1 {
+                "at c=1 each request crosses the channel once each way, so this is the floor of \
+                 what the hop adds to latency."
+            } else {
+                "at c=64 the channel batches, so a request pays far less than one."
+            }
         );
     }
 }
