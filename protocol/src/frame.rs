@@ -56,6 +56,27 @@ pub fn encode_worker(
     framed(dst, max_frame_size, |dst| wire::put_worker(msg, dst))
 }
 
+/// Appends the first part of a worker's `BodyChunk` frame, everything but its `len`
+/// data bytes, which the caller then sends as they are (a vectored write, no copy):
+/// the prefix followed by the data is exactly what [`encode_worker`] would append.
+pub fn encode_worker_chunk_prefix(
+    id: u64,
+    len: usize,
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+) -> Result<(), ProtocolError> {
+    let payload = crate::BODY_CHUNK_OVERHEAD + len;
+    if payload > max_frame_size || payload > u32::MAX as usize {
+        return Err(ProtocolError::FrameTooLong {
+            len: payload,
+            max: max_frame_size,
+        });
+    }
+    dst.extend_from_slice(&(payload as u32).to_be_bytes());
+    wire::put_worker_chunk_prefix(id, dst);
+    Ok(())
+}
+
 /// Appends one framed `RequestHead` whose byte fields are borrowed (for instance from
 /// an `http::HeaderMap`), producing exactly the bytes [`encode_master`] would for the
 /// owned message. The master's hot path uses it to go from HTTP to a frame in one copy.
@@ -130,4 +151,41 @@ pub fn decode_worker(payload: Bytes) -> Result<WorkerMsg, ProtocolError> {
 /// Decodes a master message from one frame's payload (as returned by [`split_frame`]).
 pub fn decode_master(payload: Bytes) -> Result<MasterMsg, ProtocolError> {
     wire::master(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BodyChunk;
+
+    #[test]
+    fn a_chunk_prefix_then_its_data_is_the_whole_frame() {
+        let data = Bytes::from(vec![7u8; 5000]);
+        let mut whole = BytesMut::new();
+        let msg = WorkerMsg::BodyChunk(BodyChunk {
+            id: 42,
+            data: data.clone(),
+        });
+        encode_worker(&msg, &mut whole, 1 << 20).unwrap();
+        let mut split = BytesMut::new();
+        encode_worker_chunk_prefix(42, data.len(), &mut split, 1 << 20).unwrap();
+        split.extend_from_slice(&data);
+        assert_eq!(split, whole);
+    }
+
+    #[test]
+    fn a_chunk_prefix_over_the_frame_limit_is_refused_and_appends_nothing() {
+        let mut dst = BytesMut::new();
+        let max = 1000;
+        assert!(matches!(
+            encode_worker_chunk_prefix(1, max - crate::BODY_CHUNK_OVERHEAD + 1, &mut dst, max),
+            Err(ProtocolError::FrameTooLong {
+                len: 1001,
+                max: 1000
+            })
+        ));
+        assert!(dst.is_empty());
+        encode_worker_chunk_prefix(1, max - crate::BODY_CHUNK_OVERHEAD, &mut dst, max).unwrap();
+        assert_eq!(dst.len(), LENGTH_PREFIX + crate::BODY_CHUNK_OVERHEAD);
+    }
 }

@@ -77,6 +77,12 @@ fn put_chunk(dst: &mut BytesMut, tag: u8, id: u64, data: &[u8]) {
     dst.extend_from_slice(data);
 }
 
+/// The type byte and request id that open a worker's `BodyChunk` payload.
+pub(crate) fn put_worker_chunk_prefix(id: u64, dst: &mut BytesMut) {
+    dst.put_u8(tag::W_BODY_CHUNK);
+    dst.put_u64(id);
+}
+
 /// Appends the payload (type byte and fields, no length prefix) of a worker message.
 pub(crate) fn put_worker(msg: &WorkerMsg, dst: &mut BytesMut) {
     match msg {

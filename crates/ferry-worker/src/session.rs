@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use ferry_protocol::codec::WorkerCodec;
 use ferry_protocol::*;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use http::{Request, Response};
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,13 +16,13 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify, Semaphore};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tower::ServiceExt;
 
 use crate::body::{Body, BoxError, Piece};
 use crate::outbox::{inline_response, Active, Outbox, Shared};
 use crate::response::{send_response, Sizes};
-use crate::writer::write_loop;
+use crate::writer::{write_loop, Writer};
 use crate::{RequestInfo, Worker};
 
 /// Largest data carried by one body chunk frame.
@@ -48,7 +48,7 @@ where
     let stream = crate::channel::from_env()?;
     let (read, write) = ferry_channel::split(stream)?;
     let mut reader = FramedRead::new(read, WorkerCodec::default());
-    let mut writer = FramedWrite::new(write, WorkerCodec::default());
+    let mut writer = Writer::new(write);
 
     writer
         .send(WorkerMsg::Hello(Hello {
@@ -78,9 +78,7 @@ where
     };
     let max_frame = welcome.max_frame_size as usize;
     reader.decoder_mut().set_max_frame_size(max_frame);
-    writer.encoder_mut().set_max_frame_size(max_frame);
-    // Frames queue in the writer's buffer up to this much before it must write.
-    writer.set_backpressure_boundary(256 * 1024);
+    writer.set_max_frame_size(max_frame);
     tracing::debug!(index = welcome.worker_index, "ferry worker ready");
 
     let (queue, rx) = mpsc::unbounded_channel();

@@ -1,20 +1,161 @@
 //! The writer task: takes every frame queued for the master and coalesces what is
 //! already queued into one write. It also keeps a refused response from leaving the
 //! master waiting: a head too large for a frame becomes a `RequestFailed`.
+//!
+//! Small frames are encoded into one buffer; a large body chunk's data is not copied
+//! into it but written from its own `Bytes` in the same `writev` (a streamed 1 MiB
+//! response was a 1 MiB `memmove` in the worker, 8 % of its CPU).
 
+use bytes::{Buf, Bytes, BytesMut};
 use ferry_channel::WriteHalf;
-use ferry_protocol::codec::WorkerCodec;
 use ferry_protocol::*;
-use futures_util::SinkExt;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedWrite;
+
+/// Body chunks at least this large are written from their own buffer, not copied.
+const ZERO_COPY_MIN: usize = 4096;
+/// Frames queue up to this much before the writer must write them out.
+const BACKPRESSURE: usize = 256 * 1024;
+/// Buffers handed to one `writev` (Linux takes up to 1024).
+const MAX_IOVECS: usize = 64;
+
+/// The channel's write side: frames queued in order, written with one `writev`.
+pub(crate) struct Writer {
+    sock: WriteHalf,
+    max_frame: usize,
+    /// Encoded frames, and the prefixes of zero-copy chunks.
+    buf: BytesMut,
+    /// In write order: `Own(end)` is `buf` up to offset `end`; `Ext` a chunk's data.
+    segs: VecDeque<Seg>,
+    /// Bytes queued (in `buf` and in `Ext` segments) not yet written.
+    queued: usize,
+}
+
+enum Seg {
+    Own(usize),
+    Ext(Bytes),
+}
+
+impl Writer {
+    pub(crate) fn new(sock: WriteHalf) -> Self {
+        Writer {
+            sock,
+            max_frame: DEFAULT_MAX_FRAME_SIZE,
+            buf: BytesMut::with_capacity(8 * 1024),
+            segs: VecDeque::new(),
+            queued: 0,
+        }
+    }
+
+    pub(crate) fn set_max_frame_size(&mut self, max: usize) {
+        self.max_frame = max;
+    }
+
+    /// Queues one frame; writes what is queued first if that passed the backpressure
+    /// bound. A frame too large for the channel is refused (`FrameTooLong`) and
+    /// nothing of it is queued.
+    pub(crate) async fn feed(&mut self, msg: WorkerMsg) -> Result<(), ProtocolError> {
+        if self.queued >= BACKPRESSURE {
+            self.flush().await?;
+        }
+        let before = self.buf.len();
+        match msg {
+            WorkerMsg::BodyChunk(c) if c.data.len() >= ZERO_COPY_MIN => {
+                frame::encode_worker_chunk_prefix(
+                    c.id,
+                    c.data.len(),
+                    &mut self.buf,
+                    self.max_frame,
+                )?;
+                self.segs.push_back(Seg::Own(self.buf.len()));
+                self.queued += self.buf.len() - before + c.data.len();
+                self.segs.push_back(Seg::Ext(c.data));
+            }
+            msg => {
+                frame::encode_worker(&msg, &mut self.buf, self.max_frame)?;
+                self.queued += self.buf.len() - before;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues one frame and writes everything queued.
+    pub(crate) async fn send(&mut self, msg: WorkerMsg) -> Result<(), ProtocolError> {
+        self.feed(msg).await?;
+        self.flush().await.map_err(ProtocolError::Io)
+    }
+
+    /// Writes everything queued, in order.
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        if self.buf.len() > self.segs.iter().rev().find_map(Seg::own_end).unwrap_or(0) {
+            self.segs.push_back(Seg::Own(self.buf.len()));
+        }
+        // Offset in `buf` where the first `Own` segment starts.
+        let mut own_start = 0;
+        while self.queued > 0 {
+            let mut slices = Vec::with_capacity(self.segs.len().min(MAX_IOVECS));
+            let mut start = own_start;
+            for seg in self.segs.iter().take(MAX_IOVECS) {
+                match seg {
+                    Seg::Own(end) => {
+                        slices.push(IoSlice::new(&self.buf[start..*end]));
+                        start = *end;
+                    }
+                    Seg::Ext(b) => slices.push(IoSlice::new(b)),
+                }
+            }
+            let mut n = self.sock.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.queued -= n;
+            // Drop what was written: whole segments, then the front of a partial one.
+            while n > 0 {
+                match self.segs.front_mut() {
+                    Some(Seg::Own(end)) => {
+                        let len = *end - own_start;
+                        if n >= len {
+                            own_start = *end;
+                            self.segs.pop_front();
+                            n -= len;
+                        } else {
+                            own_start += n;
+                            n = 0;
+                        }
+                    }
+                    Some(Seg::Ext(b)) => {
+                        if n >= b.len() {
+                            n -= b.len();
+                            self.segs.pop_front();
+                        } else {
+                            b.advance(n);
+                            n = 0;
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.segs.clear();
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Seg {
+    fn own_end(&self) -> Option<usize> {
+        match self {
+            Seg::Own(end) => Some(*end),
+            Seg::Ext(_) => None,
+        }
+    }
+}
 
 /// Drains every frame already queued into the buffer, then flushes once: under load
 /// one write carries many frames.
-pub(crate) async fn write_loop(
-    mut rx: mpsc::UnboundedReceiver<WorkerMsg>,
-    mut sink: FramedWrite<WriteHalf, WorkerCodec>,
-) {
+pub(crate) async fn write_loop(mut rx: mpsc::UnboundedReceiver<WorkerMsg>, mut sink: Writer) {
     // Requests whose streamed head was refused: their later frames are dropped, since
     // the master never saw the head.
     let mut refused = std::collections::HashSet::new();
@@ -68,5 +209,105 @@ fn request_id(msg: &WorkerMsg) -> Option<u64> {
         WorkerMsg::Credit(m) => Some(m.id),
         WorkerMsg::Failed(m) => Some(m.id),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn chunk(id: u64, len: usize) -> WorkerMsg {
+        WorkerMsg::BodyChunk(BodyChunk {
+            id,
+            data: (0..len)
+                .map(|i| (i as u64 * 31 + id) as u8)
+                .collect::<Vec<u8>>()
+                .into(),
+        })
+    }
+
+    /// Frames of every kind and size, big chunks (written from their own buffers) among
+    /// small frames, arrive whole and in order, through partial writes of a full socket.
+    #[tokio::test]
+    async fn frames_arrive_whole_and_in_order_whatever_their_size() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (_read, write) = ferry_channel::split(ours).unwrap();
+        let mut w = Writer::new(write);
+        let mut sent = Vec::new();
+        for i in 0..40u64 {
+            sent.push(chunk(
+                i,
+                [10, ZERO_COPY_MIN - 1, ZERO_COPY_MIN, 70_000, 300_000][i as usize % 5],
+            ));
+            sent.push(WorkerMsg::Credit(Credit { id: i, bytes: 7 }));
+            if i % 3 == 0 {
+                sent.push(WorkerMsg::BodyEnd(BodyEnd {
+                    id: i,
+                    trailers: Vec::new(),
+                }));
+            }
+        }
+        // A long run of copied chunks: one buffer larger than the socket holds, so a
+        // write also ends inside it.
+        let copied_from = sent.len();
+        for i in 0..100u64 {
+            sent.push(chunk(1000 + i, ZERO_COPY_MIN - 1));
+        }
+        let total: usize = sent.len();
+        let reader = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let mut piece = [0u8; 3000];
+            while got.len() < total {
+                while let Some(p) = frame::split_frame(&mut buf, 1 << 20).unwrap() {
+                    got.push(frame::decode_worker(p).unwrap());
+                }
+                if got.len() == total {
+                    break;
+                }
+                let n = theirs.read(&mut piece).unwrap();
+                assert!(n > 0, "EOF after {} frames", got.len());
+                buf.extend_from_slice(&piece[..n]);
+            }
+            got
+        });
+        for (i, m) in sent.iter().cloned().enumerate() {
+            w.feed(m).await.unwrap();
+            if i % 7 == 0 && i < copied_from {
+                w.flush().await.unwrap();
+            }
+        }
+        w.flush().await.unwrap();
+        assert_eq!(w.queued, 0);
+        assert!(w.segs.is_empty() && w.buf.is_empty());
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), sent.len());
+        for (g, s) in got.iter().zip(&sent) {
+            assert_eq!(format!("{g:?}"), format!("{s:?}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_too_large_for_a_frame_is_refused_and_queues_nothing() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (_read, write) = ferry_channel::split(ours).unwrap();
+        let mut w = Writer::new(write);
+        w.set_max_frame_size(10_000);
+        assert!(matches!(
+            w.feed(chunk(1, 10_000)).await,
+            Err(ProtocolError::FrameTooLong { .. })
+        ));
+        assert!(matches!(
+            w.feed(WorkerMsg::BodyChunk(BodyChunk {
+                id: 1,
+                data: vec![0u8; 5000].into()
+            }))
+            .await,
+            Ok(())
+        ));
+        assert_eq!(w.queued, 4 + BODY_CHUNK_OVERHEAD + 5000);
+        assert_eq!(w.segs.len(), 2, "one prefix, one zero-copy chunk");
     }
 }
