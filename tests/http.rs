@@ -268,6 +268,29 @@ fn oversized_headers_get_431_and_garbage_gets_400() {
     assert!(out.contains("Hello, world!"), "{out}");
 }
 
+#[test]
+fn too_many_header_fields_get_431_at_the_default_and_at_a_set_limit() {
+    // The default (100) is left to hyper; any other number is passed to it: both paths.
+    for (args, limit) in [(&[][..], 100usize), (&["--max-headers", "8"][..], 8)] {
+        let f = Ferry::testbed(&[&["--workers", "1"][..], args].concat());
+        let head = |fields: usize| {
+            let mut h = String::from("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
+            for i in 2..fields {
+                h.push_str(&format!("x-f{i}: v\r\n"));
+            }
+            h + "\r\n"
+        };
+        let out = raw(f.addr, head(limit).as_bytes(), "");
+        assert!(out.contains("Hello, world!"), "{limit} fields pass: {out}");
+        let out = raw(f.addr, head(limit + 1).as_bytes(), "\r\n\r\n");
+        assert!(
+            out.starts_with("HTTP/1.1 431"),
+            "{} fields: {out}",
+            limit + 1
+        );
+    }
+}
+
 #[tokio::test]
 async fn panic_gives_500_and_the_same_worker_serves_on() {
     let f = Ferry::testbed(&["--workers", "1"]);

@@ -210,7 +210,7 @@ pub struct Config {
 
     /// Most header fields in one HTTP/1.1 request; more get 431 (HTTP/2 is bounded by
     /// --max-header-size).
-    #[arg(long, env = "FERRY_MAX_HEADERS", default_value_t = 100)]
+    #[arg(long, env = "FERRY_MAX_HEADERS", default_value_t = HYPER_MAX_HEADERS)]
     pub max_headers: usize,
 
     /// How long a client may take to send a request head (slowloris protection). It
@@ -272,6 +272,11 @@ pub enum Balance {
 
 /// Request bodies up to this size (with a known length) ride inline in the head frame.
 pub const INLINE_BODY_MAX: u64 = 64 * 1024;
+
+/// hyper's own header-count limit when it is told none (its `DEFAULT_MAX_HEADERS`),
+/// and so the default of `--max-headers`: the front leaves this value to hyper, whose
+/// parser then uses a stack array instead of filling a vector of slots per request.
+pub const HYPER_MAX_HEADERS: usize = 100;
 
 impl Config {
     /// Options that are each valid but do not fit together, or make no sense.

@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::{Dispatched, Record};
 use crate::activity::{Activity, Busy};
 use crate::body::ResponseBody;
+use crate::config::HYPER_MAX_HEADERS;
 use crate::ctx::Ctx;
 use crate::listen::{Listener, Stream};
 
@@ -58,8 +59,12 @@ pub async fn serve(
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size((cfg.max_header_size as usize).max(MIN_BUF))
-        .max_headers(cfg.max_headers);
+        .max_buf_size((cfg.max_header_size as usize).max(MIN_BUF));
+    // Told any number, hyper fills a vector of that many slots per request (1-2% of
+    // the master's CPU at c=64); left alone, it parses into a stack array.
+    if cfg.max_headers != HYPER_MAX_HEADERS {
+        h1.max_headers(cfg.max_headers);
+    }
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         // Counted as HTTP/2 counts it: names and values plus 32 bytes per field.
