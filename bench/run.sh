@@ -6,10 +6,12 @@
 #   --quick           smoke test (1 round × 2 s): proves the pipeline, numbers not for quoting
 #   --rounds N        interleaved rounds per (mode, workload, connections) [default 3]
 #   --duration SECS   length of each wrk run [default 5]
-#   (also --mode pinned|shared|both, --no-ipc, --results PATH: see `--help`)
+#   (also --mode pinned|shared|both, --no-ipc, --no-sdks, --sdks-only, --results PATH:
+#   see `--help`)
 #
 # It installs wrk, strace, taskset (util-linux) and nginx with apt-get if they are missing,
-# builds the release binaries (`cargo build --release --workspace --bins`) and runs
+# builds the release binaries (`cargo build --release --workspace --bins`), makes a venv
+# with Gunicorn, Granian and Uvicorn for the Python SDK rows, and runs
 # the orchestrator, target/release/ferry-bench, which starts ferry, its direct-HTTP
 # ceiling and (if `node` is installed; it is never installed here) a Node cluster
 # baseline on loopback ports, drives them with wrk, prints a table and writes
@@ -44,4 +46,17 @@ command -v node >/dev/null 2>&1 || echo "bench/run.sh: node not found: the node 
 cargo build --release --workspace --bins
 
 target_dir="${CARGO_TARGET_DIR:-target}"
+# The Python SDK rows need a venv with ferry_worker and the servers it is compared with
+# (the Node rows need only node). Without network the rows are skipped with a warning.
+if [[ " $* " != *" --no-sdks "* ]]; then
+    venv="$target_dir/ferry-bench/venv"
+    pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+    if { [ -x "$venv/bin/python" ] || python3 -m venv "$venv"; } &&
+        "${pip[@]}" gunicorn granian 'uvicorn[standard]' &&
+        "${pip[@]}" --no-deps --force-reinstall ./sdk/python; then
+        export FERRY_BENCH_PYTHON="$venv/bin/python"
+    else
+        echo "bench/run.sh: could not make the Python venv: the Python SDK rows will be skipped" >&2
+    fi
+fi
 FERRY_BENCH_COMMAND="bash bench/run.sh${*:+ $*}" exec "$target_dir/release/ferry-bench" "$@"

@@ -1,5 +1,7 @@
 //! `ferry-bench`: the side-by-side benchmark of ferry against its ceiling (the same
-//! handler served directly by hyper) and against Node's cluster module.
+//! handler served directly by hyper), nginx in front of a pool and Node's cluster
+//! module, and (`sdks`) of ferry's Python and Node workers against Gunicorn, Granian,
+//! Uvicorn and node:cluster.
 //!
 //! Run it through `bash bench/run.sh [--quick] [--rounds N] [--duration SECS]`, which
 //! installs wrk/strace/taskset if needed and builds the release binaries first; see
@@ -8,6 +10,7 @@
 mod floor;
 mod profile;
 mod report;
+mod sdks;
 mod server;
 mod strace;
 mod wrk;
@@ -102,15 +105,15 @@ impl Workload {
 pub const CONNS: [u32; 3] = [1, 64, 256];
 /// Worker processes for ferry and node, threads for direct.
 const WORKERS: usize = 2;
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
-const WARMUP_SECS: u64 = 1;
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const WARMUP_SECS: u64 = 1;
 const IPC_SECS: u64 = 3;
 /// Length of the profiled wrk run of each system.
 const PROFILE_SECS: u64 = 5;
 
 const USAGE: &str = "\
 usage: ferry-bench [--quick] [--rounds N] [--duration SECS] [--mode pinned|shared|both]
-                   [--no-ipc] [--results PATH]
+                   [--no-ipc] [--no-sdks | --sdks-only] [--results PATH]
 
 Normally run as `bash bench/run.sh [options]`, which installs wrk, strace and taskset
 if missing and builds the release binaries first.
@@ -120,6 +123,8 @@ if missing and builds the release binaries first.
   --duration SECS   length of each wrk run [default 5]
   --mode M          pinned, shared or both [default both]
   --no-ipc          skip the context-switch and strace counters and the perf profile
+  --no-sdks         skip the Python and Node SDK rows (Gunicorn, Granian, Uvicorn, cluster)
+  --sdks-only       run only those rows (with --results PATH, not to overwrite RESULTS.md)
   --results PATH    where to write the Markdown report [default bench/RESULTS.md]";
 
 struct Opts {
@@ -127,6 +132,9 @@ struct Opts {
     secs: u64,
     modes: Vec<Mode>,
     ipc: bool,
+    /// Run the SDK rows; run only them.
+    sdks: bool,
+    sdks_only: bool,
     results: Option<PathBuf>,
 }
 
@@ -137,6 +145,8 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         secs: 5,
         modes: vec![Mode::Pinned, Mode::Shared],
         ipc: true,
+        sdks: true,
+        sdks_only: false,
         results: None,
     };
     let mut it = args.iter();
@@ -176,6 +186,8 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 }
             }
             "--no-ipc" => opts.ipc = false,
+            "--no-sdks" => opts.sdks = false,
+            "--sdks-only" => opts.sdks_only = true,
             "--results" => opts.results = Some(PathBuf::from(value("--results")?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -183,6 +195,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             }
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
+    }
+    if opts.sdks_only && !opts.sdks {
+        return Err("--sdks-only and --no-sdks contradict each other".into());
     }
     opts.rounds = rounds.unwrap_or(if quick { 1 } else { 3 });
     opts.secs = secs.unwrap_or(if quick { 2 } else { 5 });
@@ -506,6 +521,7 @@ fn run_modes(env: &Env, opts: &Opts, warnings: &mut Vec<String>, noise: &mut Noi
                                 steal_pct,
                                 cpu_us,
                                 switches,
+                                ..
                             }) => {
                                 progress(&tag, r.sys, &out, nice_pct, cpu_us);
                                 if out.socket_errors + out.non_2xx > 0 {
@@ -959,6 +975,8 @@ struct Measured {
     nice_pct: f64,
     steal_pct: f64,
     cpu_us: Option<f64>,
+    /// Of `cpu_us`, the root process's own (ferry's master).
+    root_cpu_us: Option<f64>,
     switches: Option<f64>,
 }
 
@@ -967,9 +985,18 @@ struct Measured {
 fn measured_run(spec: &wrk::Spec, noise: &mut Noise, tree: &[i32]) -> Result<Measured, String> {
     noise.check();
     let before = server::cpu_times();
-    let (cpu0, cs0) = (server::cpu_ns(tree), server::counters(tree).ctx_switches);
+    let root = &tree[..tree.len().min(1)];
+    let (cpu0, root0, cs0) = (
+        server::cpu_ns(tree),
+        server::cpu_ns(root),
+        server::counters(tree).ctx_switches,
+    );
     let out = wrk::run(spec)?;
-    let (cpu1, cs1) = (server::cpu_ns(tree), server::counters(tree).ctx_switches);
+    let (cpu1, root1, cs1) = (
+        server::cpu_ns(tree),
+        server::cpu_ns(root),
+        server::counters(tree).ctx_switches,
+    );
     let after = server::cpu_times();
     noise.check();
     let (nice_pct, steal_pct) = match (before, after) {
@@ -985,6 +1012,7 @@ fn measured_run(spec: &wrk::Spec, noise: &mut Noise, tree: &[i32]) -> Result<Mea
     let per = |d: u64| (out.requests > 0).then(|| d as f64 / out.requests as f64);
     Ok(Measured {
         cpu_us: per(cpu1.saturating_sub(cpu0)).map(|ns| ns / 1000.0),
+        root_cpu_us: per(root1.saturating_sub(root0)).map(|ns| ns / 1000.0),
         switches: per(cs1.saturating_sub(cs0)),
         out,
         nice_pct,
@@ -1141,8 +1169,13 @@ fn main() {
         "{} round(s) × {} s; about {} s of load in total; logs in {}",
         opts.rounds,
         opts.secs,
-        opts.modes.len() * per_mode * opts.secs as usize
-            + if opts.ipc {
+        opts.modes.len() * per_mode * opts.secs as usize * usize::from(!opts.sdks_only)
+            + opts.modes.len()
+                * sdks::Peer::ALL.len()
+                * opts.rounds
+                * opts.secs as usize
+                * usize::from(opts.sdks)
+            + if opts.ipc && !opts.sdks_only {
                 5 * IPC_SECS as usize + 4 * PROFILE_SECS as usize
             } else {
                 0
@@ -1152,7 +1185,17 @@ fn main() {
     let started = Instant::now();
     let mut warnings = Vec::new();
     let mut noise = Noise::default();
-    let runs = run_modes(&env, &opts, &mut warnings, &mut noise);
+    let runs = if opts.sdks_only {
+        Vec::new()
+    } else {
+        run_modes(&env, &opts, &mut warnings, &mut noise)
+    };
+    let sdk_runs = if opts.sdks {
+        sdks::run(&env, &opts, &mut warnings, &mut noise)
+    } else {
+        Vec::new()
+    };
+    let more = sdks::render(&sdk_runs, &opts.modes, &sdks::versions(&env));
     for &mode in &opts.modes {
         let pinned = mode == Mode::Pinned;
         if pinned && !env.taskset {
@@ -1169,12 +1212,12 @@ fn main() {
             Err(e) => warn(&mut warnings, format!("socketpair round trip: {e}")),
         }
     }
-    let mut ipc = if opts.ipc {
+    let mut ipc = if opts.ipc && !opts.sdks_only {
         run_ipc(&env, &mut warnings)
     } else {
         Ipc::default()
     };
-    if opts.ipc && opts.modes.contains(&Mode::Pinned) {
+    if opts.ipc && !opts.sdks_only && opts.modes.contains(&Mode::Pinned) {
         ipc.profile = run_profile(&env, &mut warnings, &mut noise);
     }
     meta.elapsed_secs = started.elapsed().as_secs();
@@ -1184,16 +1227,22 @@ fn main() {
     meta.nice_median = report::median(nice.clone()).unwrap_or(0.0);
     meta.nice_max = nice.iter().copied().fold(0.0, f64::max);
     meta.steal_max = runs.iter().map(|r| r.steal_pct).fold(0.0, f64::max);
-    println!("{}", report::render(&meta, &runs, &ipc, &warnings, false));
+    println!(
+        "{}",
+        report::render(&meta, &runs, &ipc, &more, &warnings, false)
+    );
     let path = opts
         .results
         .clone()
         .unwrap_or_else(|| env.root.join("bench/RESULTS.md"));
-    match std::fs::write(&path, report::render(&meta, &runs, &ipc, &warnings, true)) {
+    match std::fs::write(
+        &path,
+        report::render(&meta, &runs, &ipc, &more, &warnings, true),
+    ) {
         Ok(()) => say(format!("wrote {}", path.display())),
         Err(e) => say(format!("could not write {}: {e}", path.display())),
     }
-    if runs.is_empty() {
+    if runs.is_empty() && sdk_runs.is_empty() {
         say("no measurement succeeded");
         std::process::exit(1);
     }

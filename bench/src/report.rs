@@ -435,7 +435,16 @@ fn targets(stats: &Stats, ipc: &Ipc, modes: &[Mode], floor: &[(Mode, f64)]) -> V
     out
 }
 
-pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: bool) -> String {
+/// The whole report; `more` is further sections in Markdown (the SDKs'), placed after
+/// the IPC counters.
+pub fn render(
+    meta: &Meta,
+    runs: &[Run],
+    ipc: &Ipc,
+    more: &str,
+    warnings: &[String],
+    full: bool,
+) -> String {
     let stats = Stats::new(runs);
     let mut o = String::new();
     let w = &mut o;
@@ -648,6 +657,10 @@ pub fn render(meta: &Meta, runs: &[Run], ipc: &Ipc, warnings: &[String], full: b
         render_profile(w, &ipc.profile, c, &meta.floor);
     }
     render_ipc(w, ipc);
+    if !more.is_empty() {
+        w.push('\n');
+        w.push_str(more);
+    }
 
     if !warnings.is_empty() {
         let _ = writeln!(w, "\n## Warnings\n");
