@@ -65,14 +65,8 @@ pub fn encode_worker_chunk_prefix(
     dst: &mut BytesMut,
     max_frame_size: usize,
 ) -> Result<(), ProtocolError> {
-    let payload = crate::BODY_CHUNK_OVERHEAD + len;
-    if payload > max_frame_size || payload > u32::MAX as usize {
-        return Err(ProtocolError::FrameTooLong {
-            len: payload,
-            max: max_frame_size,
-        });
-    }
-    dst.extend_from_slice(&(payload as u32).to_be_bytes());
+    let payload = checked_len(crate::BODY_CHUNK_OVERHEAD + len, max_frame_size)?;
+    dst.extend_from_slice(&payload.to_be_bytes());
     wire::put_worker_chunk_prefix(id, dst);
     Ok(())
 }
@@ -131,16 +125,26 @@ fn framed(
     let start = dst.len();
     dst.extend_from_slice(&[0; LENGTH_PREFIX]);
     put_payload(dst);
-    let len = dst.len() - start - LENGTH_PREFIX;
-    if len > max_frame_size || len > u32::MAX as usize {
-        dst.truncate(start);
-        return Err(ProtocolError::FrameTooLong {
+    let len = match checked_len(dst.len() - start - LENGTH_PREFIX, max_frame_size) {
+        Ok(len) => len,
+        Err(e) => {
+            dst.truncate(start);
+            return Err(e);
+        }
+    };
+    dst[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// A payload length as its length prefix, if a frame may carry it.
+fn checked_len(len: usize, max_frame_size: usize) -> Result<u32, ProtocolError> {
+    match u32::try_from(len) {
+        Ok(prefix) if len <= max_frame_size => Ok(prefix),
+        _ => Err(ProtocolError::FrameTooLong {
             len,
             max: max_frame_size,
-        });
+        }),
     }
-    dst[start..start + LENGTH_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(())
 }
 
 /// Decodes a worker message from one frame's payload (as returned by [`split_frame`]).

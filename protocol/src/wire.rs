@@ -72,15 +72,19 @@ fn put<T: Serialize>(dst: &mut BytesMut, tag: u8, value: &T) {
 
 fn put_chunk(dst: &mut BytesMut, tag: u8, id: u64, data: &[u8]) {
     dst.reserve(crate::BODY_CHUNK_OVERHEAD + data.len());
+    put_chunk_prefix(dst, tag, id);
+    dst.extend_from_slice(data);
+}
+
+/// The type byte and request id that open a body chunk's payload, before its data.
+fn put_chunk_prefix(dst: &mut BytesMut, tag: u8, id: u64) {
     dst.put_u8(tag);
     dst.put_u64(id);
-    dst.extend_from_slice(data);
 }
 
 /// The type byte and request id that open a worker's `BodyChunk` payload.
 pub(crate) fn put_worker_chunk_prefix(id: u64, dst: &mut BytesMut) {
-    dst.put_u8(tag::W_BODY_CHUNK);
-    dst.put_u64(id);
+    put_chunk_prefix(dst, tag::W_BODY_CHUNK, id);
 }
 
 /// Appends the payload (type byte and fields, no length prefix) of a worker message.
