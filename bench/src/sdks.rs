@@ -156,35 +156,36 @@ fn argv(env: &Env, py: &std::path::Path, peer: Peer, port: u16) -> Vec<OsString>
             v.push(s("hello_wsgi:app"));
             v
         }
-        Peer::Granian => vec![
-            peer.program(std::path::Path::new(&py)).into_os_string(),
-            s("--interface"),
-            s("wsgi"),
-            s("--workers"),
-            s("2"),
-            s("--host"),
-            s("127.0.0.1"),
-            s("--port"),
-            s(&port.to_string()),
-            s("--log-level"),
-            s("warning"),
-            s("hello_wsgi:app"),
-        ],
-        Peer::Uvicorn => vec![
-            peer.program(std::path::Path::new(&py)).into_os_string(),
-            s("--workers"),
-            s("2"),
-            s("--host"),
-            s("127.0.0.1"),
-            s("--port"),
-            s(&port.to_string()),
-            s("--log-level"),
-            s("warning"),
-            s("--no-access-log"),
-            s("--lifespan"),
-            s("off"),
-            s("hello_asgi:app"),
-        ],
+        // Granian and Uvicorn take the same options for workers, address and logging.
+        Peer::Granian | Peer::Uvicorn => {
+            let mut v = vec![peer.program(std::path::Path::new(&py)).into_os_string()];
+            let own: &[&str] = if peer == Peer::Granian {
+                &["--interface", "wsgi"]
+            } else {
+                &["--no-access-log", "--lifespan", "off"]
+            };
+            v.extend(own.iter().map(|a| s(a)));
+            let port = port.to_string();
+            v.extend(
+                [
+                    "--workers",
+                    "2",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--log-level",
+                    "warning",
+                ]
+                .map(s),
+            );
+            v.push(s(if peer == Peer::Granian {
+                "hello_wsgi:app"
+            } else {
+                "hello_asgi:app"
+            }));
+            v
+        }
         Peer::FerryFetch | Peer::FerryNodeHttp => ferry(vec![
             s("node"),
             node_sdk.join("bin/ferry-node.js").into_os_string(),
@@ -777,6 +778,14 @@ mod tests {
         assert!(
             line(Peer::Uvicorn).contains("--workers 2")
                 && line(Peer::Uvicorn).ends_with("hello_asgi:app")
+        );
+        assert_eq!(
+            line(Peer::Granian),
+            "/v/bin/granian --interface wsgi --workers 2 --host 127.0.0.1 --port 8080 --log-level warning hello_wsgi:app"
+        );
+        assert_eq!(
+            line(Peer::Uvicorn),
+            "/v/bin/uvicorn --no-access-log --lifespan off --workers 2 --host 127.0.0.1 --port 8080 --log-level warning hello_asgi:app"
         );
         assert!(line(Peer::FerryFetch).ends_with("/repo/sdk/node/bench/hello-fetch.mjs"));
         assert_eq!(slug(Peer::FerryNodeHttp), "ferry-ferry-worker-node-http");
