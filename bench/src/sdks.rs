@@ -51,7 +51,7 @@ impl Peer {
             Peer::GunicornSync => "gunicorn sync",
             Peer::GunicornGthread => "gunicorn gthread (4 threads)",
             Peer::Granian => "granian wsgi",
-            Peer::FerryAsgi => "ferry + ferry_worker.asgi",
+            Peer::FerryAsgi => "ferry + ferry_worker.asgi (uvloop)",
             Peer::Uvicorn => "uvicorn (httptools, uvloop)",
             Peer::FerryFetch => "ferry + ferry-worker fetch",
             Peer::FerryNodeHttp => "ferry + ferry-worker node:http",
@@ -137,6 +137,9 @@ fn argv(env: &Env, py: &std::path::Path, peer: Peer, port: u16) -> Vec<OsString>
             s("hello_asgi:app"),
             s("--lifespan"),
             s("off"),
+            // Uvicorn's loop, as the label says (auto would fall back to asyncio).
+            s("--loop"),
+            s("uvloop"),
         ]),
         Peer::GunicornSync | Peer::GunicornGthread => {
             let mut v = vec![
@@ -787,6 +790,8 @@ mod tests {
             line(Peer::Uvicorn),
             "/v/bin/uvicorn --no-access-log --lifespan off --workers 2 --host 127.0.0.1 --port 8080 --log-level warning hello_asgi:app"
         );
+        assert!(line(Peer::FerryAsgi)
+            .ends_with("ferry_worker.asgi hello_asgi:app --lifespan off --loop uvloop"));
         assert!(line(Peer::FerryFetch).ends_with("/repo/sdk/node/bench/hello-fetch.mjs"));
         assert_eq!(slug(Peer::FerryNodeHttp), "ferry-ferry-worker-node-http");
     }

@@ -11,7 +11,7 @@ python=${PYTHON:-python3}
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check pytest flask starlette
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check pytest flask starlette uvloop
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$here"
 
 # Run from outside the source tree, so the installed package is what gets tested.

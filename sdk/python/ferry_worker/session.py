@@ -41,7 +41,8 @@ INLINE_MAX = 64 * 1024
 # Reads of up to 64 KiB: a larger fresh buffer is mmap'ed and munmap'ed by malloc on
 # every read, three syscalls as costly as a small request's whole work.
 READ_SIZE = 64 * 1024
-# How often the main thread checks that someone reads the channel (seconds).
+# How often the main thread checks that someone reads the channel (seconds), while
+# any handler runs. An idle worker does not tick at all.
 TICK = 0.01
 
 
@@ -191,6 +192,8 @@ class Session:
         self._waiters = set()                   # exchanges whose thread waits on the channel
         self._reads = 0
         self._done = threading.Event()
+        self._asleep = False                    # the watchdog waits for _wake (idle)
+        self._wake = threading.Event()
 
     # ------------------------------------------------------------ writing (under _lock)
 
@@ -253,7 +256,10 @@ class Session:
     # - the main thread is a watchdog: every TICK it takes the token if no one has
     #   read since the last tick (every thread is busy in a handler), reading until a
     #   thread is free; and it wakes idle threads for requests that waited a tick
-    #   (the reader went off to run a slow one).
+    #   (the reader went off to run a slow one). It ticks only while there is work:
+    #   once every thread but the reader is idle and no request is in flight it
+    #   sleeps until the next request head (an idle pool costs no CPU, as PHP-FPM's
+    #   does not).
 
     def _await(self, ex):
         """Waits (``_lock`` held) until something arrives for ``ex``: by reading the
@@ -339,6 +345,7 @@ class Session:
         if not data:
             if self._closed:
                 self._done.set()        # drained: Goodbye went out
+                self._wake.set()
                 return
             channel.master_gone()
         try:
@@ -356,6 +363,17 @@ class Session:
                 if head is not None and head is last_head and self._idle:
                     self._idle_cond.notify(len(work))
                 last_head = head
+                # Idle: one thread blocked reading, the rest asleep, nothing in flight
+                # (a cancelled handler still running keeps its thread out of _idle).
+                quiet = (not work and not self._table and token.locked()
+                         and self._idle == self.threads - 1)
+                if quiet:
+                    self._wake.clear()
+                    self._asleep = True
+            if quiet:
+                self._wake.wait()           # set by the next request head, or the end
+                last_reads, last_head = -1, None
+                continue
             if self._reads == last_reads and token.acquire(False):
                 try:
                     while not self._done.is_set():
@@ -424,6 +442,9 @@ class Session:
             if ex._ended is False:
                 ex._chunks = deque()
             with self._lock:
+                if self._asleep:
+                    self._asleep = False
+                    self._wake.set()          # a request in flight: the watchdog ticks
                 if self._retired is not None and head.id > self._retired:
                     return                # sent before the master read our Goodbye
                 self._last_id = head.id

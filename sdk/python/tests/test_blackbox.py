@@ -17,7 +17,9 @@ BLOCK = bytes(range(256)) * 256
 KINDS = {
     # 2 workers x 10 threads: 20 slow requests run at once.
     "flask": [PY, "-m", "ferry_worker.wsgi", "flask_app:app", "--threads", "10"],
+    # The default loop (auto: uvloop, installed in the test venv) and asyncio's own.
     "starlette": [PY, "-m", "ferry_worker.asgi", "starlette_app:app"],
+    "starlette-asyncio": [PY, "-m", "ferry_worker.asgi", "starlette_app:app", "--loop", "asyncio"],
 }
 
 
@@ -211,5 +213,5 @@ def test_drain_on_sigterm(kind, start_ferry, marks):
     log = f.log()
     assert log.count("worker says goodbye: drained") == 2, log
     assert "exited with status 0" in log
-    if kind == "starlette":
+    if kind.startswith("starlette"):
         assert any(n.startswith("lifespan-shutdown-") for n in os.listdir(marks))

@@ -127,6 +127,41 @@ def test_ping_is_answered_while_every_handler_thread_is_busy(master):
     assert ids == [1, 3]
 
 
+def _switches(pid):
+    """Context switches so far, over every thread of ``pid``: each wake-up is one."""
+    total = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, t)) as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass                            # a thread that just ended
+    return total
+
+
+def test_an_idle_worker_does_not_wake_up_and_wakes_for_the_next_requests(master):
+    master.handshake()
+    master.send(GET(1, "/hello"))
+    assert master.recv()[0] == c.RESPONSE_HEAD
+    master.quiet(0.1)                       # past the watchdog's last tick
+    before = _switches(master.proc.pid)
+    master.quiet(1.0)
+    woke = _switches(master.proc.pid) - before
+    # A 10 ms tick would be about 100 wake-ups in that second.
+    assert woke < 10, "an idle worker woke %d times in 1 s" % woke
+    # And once requests come, reading goes on while every thread is busy.
+    master.send(GET(2, "/slow?t=2"), GET(3, "/slow?t=2"), GET(4, "/slow?t=2"))
+    t0 = time.monotonic()
+    master.send(c.encode_ping(44))
+    t, pong = master.recv()
+    assert t == c.PONG and pong == c.Pong(44, 3)
+    assert time.monotonic() - t0 < 1.5
+    ids = sorted(master.recv(5)[1].id for _ in range(3))
+    assert ids == [2, 3, 4]
+
+
 def test_response_body_stays_within_the_window(master):
     master.handshake(window=1000)
     master.send(GET(1, "/download?n=5000"))

@@ -60,3 +60,16 @@ def test_environ_without_host_or_body():
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("localhost", "80")
     assert "CONTENT_LENGTH" not in env
     assert env["wsgi.input"].read() == b""
+
+
+def test_asgi_runs_on_uvloop_where_installed_as_uvicorn_does():
+    import asyncio
+
+    from ferry_worker import asgi
+    assert asgi.parser().parse_args(["m:app"]).loop == "auto"
+    for kind, module in (("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")):
+        loop = asgi._new_loop(kind)
+        try:
+            assert type(loop).__module__.split(".")[0] == module, kind
+        finally:
+            loop.close()
