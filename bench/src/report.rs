@@ -528,10 +528,61 @@ pub fn render(
         "- Ratios are the median of per-round ratios (rounds interleave the systems: direct, ferry, node, direct, …), with min–max over rounds.\n"
     );
 
+    // An SDK-only run (--sdks-only) has no runs of the main systems: their sections
+    // would be all "not measured".
+    if !runs.is_empty() {
+        render_main(w, meta, &stats, ipc);
+    }
+    if !more.is_empty() {
+        w.push('\n');
+        w.push_str(more);
+    }
+
+    if !warnings.is_empty() {
+        let _ = writeln!(w, "\n## Warnings\n");
+        for warn in warnings {
+            let _ = writeln!(w, "- {}", warn.replace('\n', " "));
+        }
+    }
+
+    if full {
+        let _ = writeln!(w, "\n<details><summary>Every wrk run</summary>\n");
+        let _ = writeln!(
+            w,
+            "| mode | workload | c | round | system | req/s | p50 | p99 | requests | socket errors | non-2xx | niced CPU % | steal % |"
+        );
+        let _ = writeln!(w, "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for r in runs {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+                r.mode.name(),
+                r.workload.name(),
+                r.conns,
+                r.round,
+                r.sys.name(),
+                fmt_rps(r.out.rps),
+                fmt_us(r.out.p50_us),
+                fmt_us(r.out.p99_us),
+                r.out.requests,
+                r.out.socket_errors,
+                r.out.non_2xx,
+                r.nice_pct,
+                r.steal_pct
+            );
+        }
+        let _ = writeln!(w, "\n</details>");
+    }
+    o
+}
+
+/// The main systems' sections: targets, CPU per request, req/s, latency, the
+/// profiles and the IPC counters.
+fn render_main(w: &mut String, meta: &Meta, stats: &Stats, ipc: &Ipc) {
     let _ = writeln!(w, "## Targets\n");
     let _ = writeln!(w, "| target | measured | status |");
     let _ = writeln!(w, "|---|---|---|");
-    for t in targets(&stats, ipc, &meta.modes, &meta.floor) {
+    for t in targets(stats, ipc, &meta.modes, &meta.floor) {
         let status = match t.met {
             Some(true) => "MET",
             Some(false) => "MISSED",
@@ -657,47 +708,6 @@ pub fn render(
         render_profile(w, &ipc.profile, c, &meta.floor);
     }
     render_ipc(w, ipc);
-    if !more.is_empty() {
-        w.push('\n');
-        w.push_str(more);
-    }
-
-    if !warnings.is_empty() {
-        let _ = writeln!(w, "\n## Warnings\n");
-        for warn in warnings {
-            let _ = writeln!(w, "- {}", warn.replace('\n', " "));
-        }
-    }
-
-    if full {
-        let _ = writeln!(w, "\n<details><summary>Every wrk run</summary>\n");
-        let _ = writeln!(
-            w,
-            "| mode | workload | c | round | system | req/s | p50 | p99 | requests | socket errors | non-2xx | niced CPU % | steal % |"
-        );
-        let _ = writeln!(w, "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|");
-        for r in runs {
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
-                r.mode.name(),
-                r.workload.name(),
-                r.conns,
-                r.round,
-                r.sys.name(),
-                fmt_rps(r.out.rps),
-                fmt_us(r.out.p50_us),
-                fmt_us(r.out.p99_us),
-                r.out.requests,
-                r.out.socket_errors,
-                r.out.non_2xx,
-                r.nice_pct,
-                r.steal_pct
-            );
-        }
-        let _ = writeln!(w, "\n</details>");
-    }
-    o
 }
 
 fn render_profile(w: &mut String, rows: &[ProfileRow], conns: u32, floor: &[(Mode, f64)]) {
@@ -925,6 +935,43 @@ mod tests {
             steal_pct: 0.0,
             cpu_us: Some(1_000.0 / rps),
             switches: None,
+        }
+    }
+
+    #[test]
+    fn an_sdk_only_report_has_no_sections_of_the_main_systems() {
+        let meta = Meta {
+            date: "d".into(),
+            commit: "c".into(),
+            cpu: "cpu".into(),
+            cores: 2,
+            kernel: "k".into(),
+            rustc: "r".into(),
+            wrk: "w".into(),
+            node: None,
+            strace: None,
+            command: "ferry-bench --sdks-only".into(),
+            rounds: 3,
+            secs: 5,
+            modes: vec![Mode::Shared],
+            loadavg: "0".into(),
+            busy: vec![],
+            nice_median: 0.0,
+            nice_max: 0.0,
+            steal_max: 0.0,
+            elapsed_secs: 1,
+            floor: vec![],
+        };
+        let sdk = "## Language SDKs\n";
+        let out = render(&meta, &[], &Ipc::default(), sdk, &[], true);
+        assert!(out.contains(sdk));
+        for gone in [
+            "## Targets",
+            "## CPU per request",
+            "## Latency",
+            "not measured",
+        ] {
+            assert!(!out.contains(gone), "{gone} in {out}");
         }
     }
 
