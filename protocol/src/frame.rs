@@ -65,9 +65,31 @@ pub fn encode_worker_chunk_prefix(
     dst: &mut BytesMut,
     max_frame_size: usize,
 ) -> Result<(), ProtocolError> {
+    chunk_prefix(id, len, dst, max_frame_size, wire::put_worker_chunk_prefix)
+}
+
+/// The master's twin of [`encode_worker_chunk_prefix`]: a `BodyChunk` of a request
+/// body, everything but its data, which is exactly what [`encode_master`] would
+/// append before the data.
+pub fn encode_master_chunk_prefix(
+    id: u64,
+    len: usize,
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+) -> Result<(), ProtocolError> {
+    chunk_prefix(id, len, dst, max_frame_size, wire::put_master_chunk_prefix)
+}
+
+fn chunk_prefix(
+    id: u64,
+    len: usize,
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+    put: fn(u64, &mut BytesMut),
+) -> Result<(), ProtocolError> {
     let payload = checked_len(crate::BODY_CHUNK_OVERHEAD + len, max_frame_size)?;
     dst.extend_from_slice(&payload.to_be_bytes());
-    wire::put_worker_chunk_prefix(id, dst);
+    put(id, dst);
     Ok(())
 }
 
@@ -175,6 +197,17 @@ mod tests {
         encode_worker_chunk_prefix(42, data.len(), &mut split, 1 << 20).unwrap();
         split.extend_from_slice(&data);
         assert_eq!(split, whole);
+
+        let mut whole = BytesMut::new();
+        let msg = MasterMsg::BodyChunk(BodyChunk {
+            id: 43,
+            data: data.clone(),
+        });
+        encode_master(&msg, &mut whole, 1 << 20).unwrap();
+        let mut split = BytesMut::new();
+        encode_master_chunk_prefix(43, data.len(), &mut split, 1 << 20).unwrap();
+        split.extend_from_slice(&data);
+        assert_eq!(split, whole);
     }
 
     #[test]
@@ -191,5 +224,8 @@ mod tests {
         assert!(dst.is_empty());
         encode_worker_chunk_prefix(1, max - crate::BODY_CHUNK_OVERHEAD, &mut dst, max).unwrap();
         assert_eq!(dst.len(), LENGTH_PREFIX + crate::BODY_CHUNK_OVERHEAD);
+        dst.clear();
+        assert!(encode_master_chunk_prefix(1, max, &mut dst, max).is_err());
+        assert!(dst.is_empty());
     }
 }

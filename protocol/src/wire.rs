@@ -87,6 +87,11 @@ pub(crate) fn put_worker_chunk_prefix(id: u64, dst: &mut BytesMut) {
     put_chunk_prefix(dst, tag::W_BODY_CHUNK, id);
 }
 
+/// The type byte and request id that open a master's `BodyChunk` payload.
+pub(crate) fn put_master_chunk_prefix(id: u64, dst: &mut BytesMut) {
+    put_chunk_prefix(dst, tag::M_BODY_CHUNK, id);
+}
+
 /// Appends the payload (type byte and fields, no length prefix) of a worker message.
 pub(crate) fn put_worker(msg: &WorkerMsg, dst: &mut BytesMut) {
     match msg {

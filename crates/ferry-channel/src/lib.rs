@@ -9,6 +9,9 @@
 //! other side read woke this process once more for nothing: at c=1, one extra
 //! context switch per request on each side of the channel.
 
+mod write_queue;
+pub use write_queue::{WriteQueue, ZERO_COPY_MIN};
+
 use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;

@@ -4,38 +4,22 @@
 //!
 //! Small frames are encoded into one buffer; a large body chunk's data is not copied
 //! into it but written from its own `Bytes` in the same `writev` (a streamed 1 MiB
-//! response was a 1 MiB `memmove` in the worker, 8 % of its CPU).
+//! response was a 1 MiB `memmove` in the worker, 8 % of its CPU). The buffer and the
+//! writes are `ferry_channel::WriteQueue`'s, shared with the master's writer.
 
-use bytes::{Buf, Bytes, BytesMut};
-use ferry_channel::WriteHalf;
+use ferry_channel::{WriteHalf, WriteQueue, ZERO_COPY_MIN};
 use ferry_protocol::*;
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
-use tokio::io::AsyncWriteExt;
+use std::io;
 use tokio::sync::mpsc;
 
-/// Body chunks at least this large are written from their own buffer, not copied.
-const ZERO_COPY_MIN: usize = 4096;
 /// Frames queue up to this much before the writer must write them out.
 const BACKPRESSURE: usize = 256 * 1024;
-/// Buffers handed to one `writev` (Linux takes up to 1024).
-const MAX_IOVECS: usize = 64;
 
 /// The channel's write side: frames queued in order, written with one `writev`.
 pub(crate) struct Writer {
     sock: WriteHalf,
     max_frame: usize,
-    /// Encoded frames, and the prefixes of zero-copy chunks.
-    buf: BytesMut,
-    /// In write order: `Own(end)` is `buf` up to offset `end`; `Ext` a chunk's data.
-    segs: VecDeque<Seg>,
-    /// Bytes queued (in `buf` and in `Ext` segments) not yet written.
-    queued: usize,
-}
-
-enum Seg {
-    Own(usize),
-    Ext(Bytes),
+    out: WriteQueue,
 }
 
 impl Writer {
@@ -43,9 +27,7 @@ impl Writer {
         Writer {
             sock,
             max_frame: DEFAULT_MAX_FRAME_SIZE,
-            buf: BytesMut::with_capacity(8 * 1024),
-            segs: VecDeque::new(),
-            queued: 0,
+            out: WriteQueue::new(),
         }
     }
 
@@ -57,26 +39,17 @@ impl Writer {
     /// bound. A frame too large for the channel is refused (`FrameTooLong`) and
     /// nothing of it is queued.
     pub(crate) async fn feed(&mut self, msg: WorkerMsg) -> Result<(), ProtocolError> {
-        if self.queued >= BACKPRESSURE {
+        if self.out.queued() >= BACKPRESSURE {
             self.flush().await?;
         }
-        let before = self.buf.len();
+        let max = self.max_frame;
         match msg {
             WorkerMsg::BodyChunk(c) if c.data.len() >= ZERO_COPY_MIN => {
-                frame::encode_worker_chunk_prefix(
-                    c.id,
-                    c.data.len(),
-                    &mut self.buf,
-                    self.max_frame,
-                )?;
-                self.segs.push_back(Seg::Own(self.buf.len()));
-                self.queued += self.buf.len() - before + c.data.len();
-                self.segs.push_back(Seg::Ext(c.data));
+                self.out
+                    .append(|b| frame::encode_worker_chunk_prefix(c.id, c.data.len(), b, max))?;
+                self.out.push_bytes(c.data);
             }
-            msg => {
-                frame::encode_worker(&msg, &mut self.buf, self.max_frame)?;
-                self.queued += self.buf.len() - before;
-            }
+            msg => self.out.append(|b| frame::encode_worker(&msg, b, max))?,
         }
         Ok(())
     }
@@ -89,67 +62,7 @@ impl Writer {
 
     /// Writes everything queued, in order.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
-        if self.buf.len() > self.segs.iter().rev().find_map(Seg::own_end).unwrap_or(0) {
-            self.segs.push_back(Seg::Own(self.buf.len()));
-        }
-        // Offset in `buf` where the first `Own` segment starts.
-        let mut own_start = 0;
-        while self.queued > 0 {
-            let mut slices = Vec::with_capacity(self.segs.len().min(MAX_IOVECS));
-            let mut start = own_start;
-            for seg in self.segs.iter().take(MAX_IOVECS) {
-                match seg {
-                    Seg::Own(end) => {
-                        slices.push(IoSlice::new(&self.buf[start..*end]));
-                        start = *end;
-                    }
-                    Seg::Ext(b) => slices.push(IoSlice::new(b)),
-                }
-            }
-            let mut n = self.sock.write_vectored(&slices).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            self.queued -= n;
-            // Drop what was written: whole segments, then the front of a partial one.
-            while n > 0 {
-                match self.segs.front_mut() {
-                    Some(Seg::Own(end)) => {
-                        let len = *end - own_start;
-                        if n >= len {
-                            own_start = *end;
-                            self.segs.pop_front();
-                            n -= len;
-                        } else {
-                            own_start += n;
-                            n = 0;
-                        }
-                    }
-                    Some(Seg::Ext(b)) => {
-                        if n >= b.len() {
-                            n -= b.len();
-                            self.segs.pop_front();
-                        } else {
-                            b.advance(n);
-                            n = 0;
-                        }
-                    }
-                    None => break,
-                }
-            }
-        }
-        self.segs.clear();
-        self.buf.clear();
-        Ok(())
-    }
-}
-
-impl Seg {
-    fn own_end(&self) -> Option<usize> {
-        match self {
-            Seg::Own(end) => Some(*end),
-            Seg::Ext(_) => None,
-        }
+        self.out.flush(&mut self.sock).await
     }
 }
 
@@ -215,6 +128,7 @@ fn request_id(msg: &WorkerMsg) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
     use std::io::Read;
 
     fn chunk(id: u64, len: usize) -> WorkerMsg {
@@ -280,8 +194,8 @@ mod tests {
             }
         }
         w.flush().await.unwrap();
-        assert_eq!(w.queued, 0);
-        assert!(w.segs.is_empty() && w.buf.is_empty());
+        assert_eq!(w.out.queued(), 0);
+        assert_eq!(w.out.pieces(), 0);
         let got = reader.join().unwrap();
         assert_eq!(got.len(), sent.len());
         for (g, s) in got.iter().zip(&sent) {
@@ -307,7 +221,7 @@ mod tests {
             .await,
             Ok(())
         ));
-        assert_eq!(w.queued, 4 + BODY_CHUNK_OVERHEAD + 5000);
-        assert_eq!(w.segs.len(), 2, "one prefix, one zero-copy chunk");
+        assert_eq!(w.out.queued(), 4 + BODY_CHUNK_OVERHEAD + 5000);
+        assert_eq!(w.out.pieces(), 2, "one prefix, one zero-copy chunk");
     }
 }

@@ -12,18 +12,18 @@
 
 use ferry_protocol::codec::MasterCodec;
 use ferry_protocol::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use crate::ctx::Ctx;
 use crate::dispatch::channel::{self, Channel};
 use crate::dispatch::table::Violation;
-use crate::dispatch::writer::{self, Outgoing, OutgoingCodec};
+use crate::dispatch::writer::{self, ChannelWriter, Outgoing};
 use crate::events::Event;
 use crate::process::{kill_group, rss_of, ExitDescription, GroupLeader};
 use crate::spawn::Spawned;
@@ -85,7 +85,7 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
         ferry_channel::split(channel).map_err(|e| fail(format!("cannot use its channel: {e}")))?;
     let max_frame = cfg.max_frame_size as usize;
     let mut reader = FramedRead::new(read, MasterCodec::new(max_frame));
-    let mut writer = FramedWrite::new(write, OutgoingCodec(MasterCodec::new(max_frame)));
+    let mut writer = ChannelWriter::new(write, max_frame);
 
     let first = tokio::select! {
         r = tokio::time::timeout(cfg.start_timeout, reader.next()) => r,
@@ -147,7 +147,6 @@ pub async fn start(ctx: &Ctx, index: usize) -> Result<Live, StartError> {
             "the channel failed during the handshake: {e}"
         )));
     }
-    writer.set_backpressure_boundary(256 * 1024);
     let (queue, rx) = mpsc::unbounded_channel();
     let channel = Channel::new(index, pid, queue, &hello, &welcome, ctx.request_limit());
     let writer = tokio::spawn(writer::write_loop(rx, writer));

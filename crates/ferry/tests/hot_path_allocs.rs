@@ -1,6 +1,6 @@
 //! Heap allocations on the master's hot path, counted with a counting allocator.
 //!
-//! One request through the real pool, channel table, writer queue, encoder, decoder
+//! One request through the real pool, channel table, writer queue, write queue, decoder
 //! and router, phase by phase (no sockets: the I/O buffers are reused and so
 //! allocate nothing per frame once warm). Frames themselves must cost nothing
 //! beyond their own data: encoding none, decoding only the header list a message
@@ -11,15 +11,14 @@ use bytes::{Bytes, BytesMut};
 use ferry::config::Balance;
 use ferry::dispatch::channel::Channel;
 use ferry::dispatch::pool::Pool;
-use ferry::dispatch::writer::OutgoingCodec;
+use ferry::dispatch::writer;
 use ferry::head::Head;
-use ferry_protocol::codec::MasterCodec;
+use ferry_channel::WriteQueue;
 use ferry_protocol::frame::{decode_worker, encode_worker, split_frame};
 use ferry_protocol::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio_util::codec::Encoder;
 
 struct Counting;
 
@@ -110,8 +109,8 @@ fn master_hot_path_allocations_per_request() {
             });
             encode_worker(&resp, &mut incoming, MAX).unwrap();
         }
-        let mut out = BytesMut::with_capacity(64 * 1024);
-        let mut codec = OutgoingCodec(MasterCodec::new(MAX));
+        let mut out = WriteQueue::new();
+        let mut socket = tokio::io::sink();
 
         let mut sum = Phases::default();
         for (i, parts) in requests.iter().enumerate() {
@@ -136,8 +135,8 @@ fn master_hot_path_allocations_per_request() {
             let a2 = allocs();
             let a1 = a2 - head_allocs;
             let item = rx.try_recv().unwrap();
-            codec.encode(item, &mut out).unwrap();
-            out.clear();
+            writer::queue(&mut out, item, MAX).unwrap();
+            out.flush(&mut socket).await.unwrap();
             let a3 = allocs();
             let payload = split_frame(&mut incoming, MAX).unwrap().unwrap();
             channel.handle(decode_worker(payload).unwrap()).unwrap();
