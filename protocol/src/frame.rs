@@ -7,7 +7,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::message::{BytesRef, MasterMsg, RequestHead, RequestHeadRef, WorkerMsg};
+use crate::message::{BytesRef, MasterMsg, RequestHead, RequestHeadRef, ResponseHead, WorkerMsg};
 use crate::{wire, ProtocolError, LENGTH_PREFIX};
 
 /// Spare room kept in a read buffer that waits for the rest of a frame.
@@ -169,6 +169,62 @@ fn checked_len(len: usize, max_frame_size: usize) -> Result<u32, ProtocolError> 
     }
 }
 
+/// Appends a framed `ResponseHead` with an `Inline` body of `data_len` bytes, all but
+/// those bytes (`head.body` itself is not looked at), which the caller then sends as
+/// they are: the prefix followed by the data is exactly what [`encode_worker`] appends
+/// for the head with that body. An inline body is the last field of a head and ends
+/// with its bytes, so a large one need not be copied into the frame buffer.
+pub fn encode_response_head_prefix(
+    head: &ResponseHead,
+    data_len: usize,
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+) -> Result<(), ProtocolError> {
+    framed_but_inline_data(dst, max_frame_size, data_len, |dst| {
+        wire::put_response_head_empty_inline(head, dst)
+    })
+}
+
+/// The request side of [`encode_response_head_prefix`]: a framed `RequestHead` (fields
+/// borrowed, as in [`encode_head_ref`]) with an `Inline` body of `data_len` bytes, all
+/// but those bytes (`head.body` itself is not looked at).
+pub fn encode_head_ref_prefix<H: serde::Serialize>(
+    head: &RequestHeadRef<'_, H>,
+    data_len: usize,
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+) -> Result<(), ProtocolError> {
+    framed_but_inline_data(dst, max_frame_size, data_len, |dst| {
+        wire::put_head_ref_empty_inline(head, dst)
+    })
+}
+
+/// `framed` for a payload that `put_payload` ends with an empty inline body (its u64
+/// length, zero): the length becomes `data_len`, and the frame's prefix counts the
+/// data the caller sends after it.
+fn framed_but_inline_data(
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+    data_len: usize,
+    put_payload: impl FnOnce(&mut BytesMut),
+) -> Result<(), ProtocolError> {
+    let start = dst.len();
+    dst.extend_from_slice(&[0; LENGTH_PREFIX]);
+    put_payload(dst);
+    let payload = dst.len() - start - LENGTH_PREFIX;
+    let len = match checked_len(payload.saturating_add(data_len), max_frame_size) {
+        Ok(len) => len,
+        Err(e) => {
+            dst.truncate(start);
+            return Err(e);
+        }
+    };
+    let end = dst.len();
+    dst[end - 8..end].copy_from_slice(&(data_len as u64).to_be_bytes());
+    dst[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
 /// Decodes a worker message from one frame's payload (as returned by [`split_frame`]).
 pub fn decode_worker(payload: Bytes) -> Result<WorkerMsg, ProtocolError> {
     wire::worker(payload)
@@ -182,7 +238,7 @@ pub fn decode_master(payload: Bytes) -> Result<MasterMsg, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::BodyChunk;
+    use crate::{BodyChunk, BodyKind};
 
     #[test]
     fn a_chunk_prefix_then_its_data_is_the_whole_frame() {
@@ -208,6 +264,84 @@ mod tests {
         encode_master_chunk_prefix(43, data.len(), &mut split, 1 << 20).unwrap();
         split.extend_from_slice(&data);
         assert_eq!(split, whole);
+    }
+
+    #[test]
+    fn a_head_prefix_then_its_inline_body_is_the_whole_frame() {
+        for len in [0, 1, 4096, 70_000] {
+            let data = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+            let head = ResponseHead {
+                id: 9,
+                status: 201,
+                headers: vec![crate::Header::new(
+                    Bytes::from_static(b"content-type"),
+                    Bytes::from_static(b"text/html"),
+                )],
+                body: BodyKind::Inline(data.clone()),
+            };
+            let mut whole = BytesMut::new();
+            encode_worker(&WorkerMsg::ResponseHead(head.clone()), &mut whole, 1 << 20).unwrap();
+            let mut split = BytesMut::new();
+            // Its own body is not looked at.
+            let bodiless = ResponseHead {
+                body: BodyKind::Empty,
+                ..head
+            };
+            encode_response_head_prefix(&bodiless, len, &mut split, 1 << 20).unwrap();
+            split.extend_from_slice(&data);
+            assert_eq!(split, whole, "response, {len} bytes");
+
+            let request = crate::RequestHead {
+                id: 10,
+                method: "POST".into(),
+                target: "/form?x=1".into(),
+                version: crate::HttpVersion::Http11,
+                headers: vec![crate::Header::new(
+                    Bytes::from_static(b"host"),
+                    Bytes::from_static(b"example.com"),
+                )],
+                peer: "127.0.0.1:9".into(),
+                body: BodyKind::Inline(data.clone()),
+            };
+            let mut whole = BytesMut::new();
+            encode_master(
+                &MasterMsg::RequestHead(request.clone()),
+                &mut whole,
+                1 << 20,
+            )
+            .unwrap();
+            let borrowed = RequestHeadRef {
+                id: request.id,
+                method: &request.method,
+                target: &request.target,
+                version: request.version,
+                headers: &request.headers,
+                peer: &request.peer,
+                body: BodyKind::Empty,
+            };
+            let mut split = BytesMut::new();
+            encode_head_ref_prefix(&borrowed, len, &mut split, 1 << 20).unwrap();
+            split.extend_from_slice(&data);
+            assert_eq!(split, whole, "request, {len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_head_prefix_whose_body_would_pass_the_frame_limit_is_refused_and_appends_nothing() {
+        let head = ResponseHead {
+            id: 1,
+            status: 200,
+            headers: Vec::new(),
+            body: BodyKind::Empty,
+        };
+        let mut dst = BytesMut::from(&b"before"[..]);
+        assert!(matches!(
+            encode_response_head_prefix(&head, 1000, &mut dst, 1000),
+            Err(ProtocolError::FrameTooLong { .. })
+        ));
+        assert!(encode_response_head_prefix(&head, usize::MAX, &mut dst, 1000).is_err());
+        assert_eq!(&dst[..], b"before");
+        encode_response_head_prefix(&head, 900, &mut dst, 1000).unwrap();
     }
 
     #[test]

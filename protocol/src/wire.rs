@@ -87,6 +87,38 @@ pub(crate) fn put_worker_chunk_prefix(id: u64, dst: &mut BytesMut) {
     put_chunk_prefix(dst, tag::W_BODY_CHUNK, id);
 }
 
+/// A `ResponseHead` payload whose body is `Inline` with no bytes, whatever `head`'s
+/// body is: the fields in order, as the struct itself serializes.
+pub(crate) fn put_response_head_empty_inline(head: &ResponseHead, dst: &mut BytesMut) {
+    let empty = BodyKind::<Bytes>::Inline(Bytes::new());
+    put(
+        dst,
+        tag::RESPONSE_HEAD,
+        &(head.id, head.status, &head.headers, &empty),
+    );
+}
+
+/// A `RequestHead` payload whose body is `Inline` with no bytes, whatever `head`'s is.
+pub(crate) fn put_head_ref_empty_inline<H: Serialize>(
+    head: &RequestHeadRef<'_, H>,
+    dst: &mut BytesMut,
+) {
+    let empty = BodyKind::Inline(crate::BytesRef(&[]));
+    put(
+        dst,
+        tag::REQUEST_HEAD,
+        &(
+            head.id,
+            head.method,
+            head.target,
+            head.version,
+            &head.headers,
+            head.peer,
+            &empty,
+        ),
+    );
+}
+
 /// The type byte and request id that open a master's `BodyChunk` payload.
 pub(crate) fn put_master_chunk_prefix(id: u64, dst: &mut BytesMut) {
     put_chunk_prefix(dst, tag::M_BODY_CHUNK, id);

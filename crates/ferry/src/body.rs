@@ -173,7 +173,7 @@ mod tests {
                 &http::Method::GET,
                 &http::Uri::from_static("/"),
                 false,
-                |_| Ok(Bytes::new()),
+                |_| Ok(crate::dispatch::writer::Outgoing::Frame(Bytes::new())),
             )
             .unwrap();
         let _head_frame = out.try_recv();

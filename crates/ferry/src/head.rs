@@ -1,12 +1,18 @@
 //! A request's head frame, encoded straight from hyper's parsed request: the method,
 //! target, peer and every header are borrowed and copied once, into the frame
 //! (`RequestHeadRef`, with the headers serialized from hyper's map in place), so the
-//! frame buffer (and the `Bytes` handle it becomes) is all it allocates. HTTP/2 requests are made to look as HTTP/1.1
+//! frame buffer (and the `Bytes` handle it becomes) is all it allocates. An inline
+//! body of 4 KiB or more is not copied at all: the frame is queued as its head and the
+//! body's own `Bytes`, written one after the other. HTTP/2 requests are made to look as HTTP/1.1
 //! ones would to a worker: an origin-form target, `host` from the authority, and
 //! split cookies joined.
 
+use bytes::Bytes;
+use ferry_channel::ZERO_COPY_MIN;
 use ferry_protocol::*;
 use http::header;
+
+use crate::dispatch::writer::Outgoing;
 
 /// What a request's head frame is made of, borrowed from hyper's request: encoding
 /// copies each header once, into the frame, with no buffer per header on the way.
@@ -15,7 +21,7 @@ pub struct Head<'a> {
     /// The client's address, `ip:port`.
     pub peer: &'a str,
     /// A body small enough to ride in the head frame.
-    pub inline: Option<&'a [u8]>,
+    pub inline: Option<&'a Bytes>,
     /// The body follows as chunks (then `inline` is `None`).
     pub streamed: bool,
     /// The body's declared length, if any.
@@ -23,8 +29,8 @@ pub struct Head<'a> {
 }
 
 impl Head<'_> {
-    /// The framed `RequestHead` for request `id`.
-    pub fn encode(&self, id: u64, max_frame: usize) -> Result<bytes::Bytes, ProtocolError> {
+    /// The framed `RequestHead` for request `id`, ready for the channel's writer.
+    pub fn encode(&self, id: u64, max_frame: usize) -> Result<Outgoing, ProtocolError> {
         let parts = self.parts;
         // HTTP/2 carries the authority and path as pseudo-headers, which hyper puts in
         // an absolute URI. Workers get what an HTTP/1.1 request would have given them:
@@ -65,14 +71,20 @@ impl Head<'_> {
             },
         };
         // Sized up front: the frame buffer is the one allocation.
-        let size = 128
-            + target.len()
-            + self.peer.len()
-            + self.inline.map_or(0, <[u8]>::len)
-            + headers.bytes;
-        let mut buf = bytes::BytesMut::with_capacity(size);
-        frame::encode_head_ref(&head, &mut buf, max_frame)?;
-        Ok(buf.freeze())
+        let size = 128 + target.len() + self.peer.len() + headers.bytes;
+        match self.inline {
+            Some(body) if body.len() >= ZERO_COPY_MIN => {
+                let mut buf = bytes::BytesMut::with_capacity(size);
+                frame::encode_head_ref_prefix(&head, body.len(), &mut buf, max_frame)?;
+                Ok(Outgoing::Split(buf.freeze(), body.clone()))
+            }
+            _ => {
+                let inline = self.inline.map_or(0, Bytes::len);
+                let mut buf = bytes::BytesMut::with_capacity(size + inline);
+                frame::encode_head_ref(&head, &mut buf, max_frame)?;
+                Ok(Outgoing::Frame(buf.freeze()))
+            }
+        }
     }
 }
 
@@ -140,5 +152,70 @@ fn version(v: http::Version) -> HttpVersion {
         http::Version::HTTP_2 => HttpVersion::Http2,
         http::Version::HTTP_3 => HttpVersion::Http3,
         _ => HttpVersion::Http11,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_of(out: Outgoing) -> (bool, MasterMsg) {
+        let (split, bytes) = match out {
+            Outgoing::Frame(f) => (false, f),
+            Outgoing::Split(head, body) => (true, Bytes::from([&head[..], &body[..]].concat())),
+            Outgoing::Msg(_) => panic!("a head is a frame"),
+        };
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, bytes.len() - 4, "the prefix counts every piece");
+        (split, frame::decode_master(bytes.slice(4..)).unwrap())
+    }
+
+    /// An inline body of 4 KiB or more is queued as its own `Bytes` after the head,
+    /// a smaller one inside the frame; the worker reads the same request either way.
+    #[test]
+    fn a_large_inline_body_is_sent_from_its_own_bytes_and_arrives_whole() {
+        let (parts, ()) = http::Request::post("/upload?x=1")
+            .header("host", "example.com")
+            .body(())
+            .unwrap()
+            .into_parts();
+        for len in [100, ZERO_COPY_MIN - 1, ZERO_COPY_MIN, 60_000] {
+            let body = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+            let head = Head {
+                parts: &parts,
+                peer: "127.0.0.1:5",
+                inline: Some(&body),
+                streamed: false,
+                length: Some(len as u64),
+            };
+            let (split, msg) = frame_of(head.encode(7, 1 << 20).unwrap());
+            assert_eq!(split, len >= ZERO_COPY_MIN, "{len} bytes");
+            let MasterMsg::RequestHead(h) = msg else {
+                panic!("not a head: {msg:?}")
+            };
+            assert_eq!(
+                (h.id, h.method.as_str(), h.target.as_str()),
+                (7, "POST", "/upload?x=1")
+            );
+            assert_eq!(h.peer, "127.0.0.1:5");
+            assert_eq!(h.body, BodyKind::Inline(body));
+        }
+    }
+
+    #[test]
+    fn a_head_whose_inline_body_passes_the_frame_limit_is_refused() {
+        let (parts, ()) = http::Request::post("/").body(()).unwrap().into_parts();
+        let body = Bytes::from(vec![0u8; 10_000]);
+        let head = Head {
+            parts: &parts,
+            peer: "",
+            inline: Some(&body),
+            streamed: false,
+            length: None,
+        };
+        assert!(matches!(
+            head.encode(1, 10_000),
+            Err(ProtocolError::FrameTooLong { .. })
+        ));
     }
 }

@@ -96,7 +96,7 @@ async fn answer(
     let head = Head {
         parts: &parts,
         peer,
-        inline: inline.as_deref(),
+        inline: inline.as_ref(),
         streamed: streamed.is_some(),
         length,
     };

@@ -145,7 +145,7 @@ impl Channel {
         method: &http::Method,
         uri: &http::Uri,
         streamed_body: bool,
-        encode: impl FnOnce(u64) -> Result<Bytes, E>,
+        encode: impl FnOnce(u64) -> Result<Outgoing, E>,
     ) -> Result<Exchange, Refused<E>> {
         let mut t = lock(&self.table);
         let window = streamed_body.then_some(self.send_window);
@@ -158,7 +158,7 @@ impl Channel {
                 return Err(refused);
             }
         };
-        let _ = self.queue.send(Outgoing::Frame(frame));
+        let _ = self.queue.send(frame);
         if t.exhausted() {
             // Its supervisor takes it out of the pool and has it replaced; until then
             // further leases are refused here and go to another worker.
@@ -380,7 +380,7 @@ mod tests {
             &http::Method::GET,
             &http::Uri::from_static("/"),
             false,
-            |_| Ok(Bytes::from_static(frame)),
+            |_| Ok(Outgoing::Frame(Bytes::from_static(frame))),
         )
     }
 

@@ -207,14 +207,14 @@ impl<L> Table<L> {
     /// `encode(id)`, for the caller to queue before it lets go of the table.
     /// `send_window`: the request body will follow as chunks, under flow control
     /// starting at that many bytes.
-    pub fn register<E>(
+    pub fn register<F, E>(
         &mut self,
         lease: L,
         method: &http::Method,
         uri: &http::Uri,
         send_window: Option<u32>,
-        encode: impl FnOnce(u64) -> Result<Bytes, E>,
-    ) -> Result<(Exchange, Bytes), (Refused<E>, L)> {
+        encode: impl FnOnce(u64) -> Result<F, E>,
+    ) -> Result<(Exchange, F), (Refused<E>, L)> {
         // A refused lease goes back to the caller, to be dropped outside its lock.
         if self.closed || self.draining || self.exhausted() {
             return Err((Refused::Gone, lease));

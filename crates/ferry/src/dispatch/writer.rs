@@ -21,6 +21,9 @@ const BACKPRESSURE: usize = 256 * 1024;
 pub enum Outgoing {
     Msg(MasterMsg),
     Frame(Bytes),
+    /// One frame in two pieces, written one right after the other: a request head
+    /// and the inline body that ends it, kept in its own `Bytes`.
+    Split(Bytes, Bytes),
 }
 
 /// The channel's write side: what is queued, in order, and the socket.
@@ -65,6 +68,10 @@ impl ChannelWriter {
 pub fn queue(out: &mut WriteQueue, item: Outgoing, max_frame: usize) -> Result<(), ProtocolError> {
     match item {
         Outgoing::Frame(f) => out.push_bytes(f),
+        Outgoing::Split(head, body) => {
+            out.push_bytes(head);
+            out.push_bytes(body);
+        }
         Outgoing::Msg(MasterMsg::BodyChunk(c)) if c.data.len() >= ZERO_COPY_MIN => {
             out.append(|b| frame::encode_master_chunk_prefix(c.id, c.data.len(), b, max_frame))?;
             out.push_bytes(c.data);
@@ -140,7 +147,11 @@ mod tests {
                 data: data(i, len),
             });
             // A ready frame carries the same bytes the message would encode to.
-            sent.push(Outgoing::Frame(framed(&chunk)));
+            let whole = framed(&chunk);
+            sent.push(Outgoing::Frame(whole.clone()));
+            // And in two pieces, as a head and its inline body go.
+            let cut = whole.len() / 3;
+            sent.push(Outgoing::Split(whole.slice(..cut), whole.slice(cut..)));
             sent.push(Outgoing::Msg(chunk));
             sent.push(Outgoing::Msg(MasterMsg::Credit(Credit {
                 id: i as u64,
@@ -152,6 +163,10 @@ mod tests {
             .map(|o| match o {
                 Outgoing::Msg(m) => format!("{m:?}"),
                 Outgoing::Frame(f) => format!("{:?}", frame::decode_master(f.slice(4..)).unwrap()),
+                Outgoing::Split(a, b) => {
+                    let f = Bytes::from([&a[..], &b[..]].concat());
+                    format!("{:?}", frame::decode_master(f.slice(4..)).unwrap())
+                }
             })
             .collect();
         let total = expect.len();

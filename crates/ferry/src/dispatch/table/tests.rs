@@ -5,7 +5,7 @@ fn table_with_one(streamed_upload: bool) -> (Table<()>, Exchange) {
     let mut t = Table::default();
     let window = streamed_upload.then_some(1000);
     let (x, _) = t
-        .register::<()>(
+        .register::<Bytes, ()>(
             (),
             &http::Method::POST,
             &http::Uri::from_static("/"),
@@ -149,7 +149,7 @@ fn a_retiring_goodbye_refuses_what_was_sent_after_it_and_closes_the_table() {
     let mut xs: Vec<Exchange> = (0..3)
         .map(|_| {
             let uri = http::Uri::from_static("/");
-            t.register::<()>((), &http::Method::POST, &uri, None, |_| Ok(Bytes::new()))
+            t.register::<Bytes, ()>((), &http::Method::POST, &uri, None, |_| Ok(Bytes::new()))
                 .unwrap()
                 .0
         })
@@ -165,7 +165,7 @@ fn a_retiring_goodbye_refuses_what_was_sent_after_it_and_closes_the_table() {
     assert!(xs[0].head.try_recv().is_err());
     assert_eq!(t.len(), 1);
     let uri = http::Uri::from_static("/");
-    let again = t.register::<()>((), &http::Method::GET, &uri, None, |_| Ok(Bytes::new()));
+    let again = t.register::<Bytes, ()>((), &http::Method::GET, &uri, None, |_| Ok(Bytes::new()));
     assert!(matches!(again, Err((Refused::Gone, ()))));
 }
 
