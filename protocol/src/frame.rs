@@ -87,10 +87,7 @@ fn chunk_prefix(
     max_frame_size: usize,
     put: fn(u64, &mut BytesMut),
 ) -> Result<(), ProtocolError> {
-    let payload = checked_len(crate::BODY_CHUNK_OVERHEAD + len, max_frame_size)?;
-    dst.extend_from_slice(&payload.to_be_bytes());
-    put(id, dst);
-    Ok(())
+    framed_with_tail(dst, max_frame_size, len, |dst| put(id, dst))
 }
 
 /// Appends one framed `RequestHead` whose byte fields are borrowed (for instance from
@@ -144,10 +141,23 @@ fn framed(
     max_frame_size: usize,
     put_payload: impl FnOnce(&mut BytesMut),
 ) -> Result<(), ProtocolError> {
+    framed_with_tail(dst, max_frame_size, 0, put_payload)
+}
+
+/// Appends a frame's length prefix and the start of its payload, `put_payload`'s; the
+/// caller sends the payload's last `tail` bytes itself, and the prefix counts them. A
+/// frame over `max_frame_size` is refused, and nothing is left in `dst`.
+fn framed_with_tail(
+    dst: &mut BytesMut,
+    max_frame_size: usize,
+    tail: usize,
+    put_payload: impl FnOnce(&mut BytesMut),
+) -> Result<(), ProtocolError> {
     let start = dst.len();
     dst.extend_from_slice(&[0; LENGTH_PREFIX]);
     put_payload(dst);
-    let len = match checked_len(dst.len() - start - LENGTH_PREFIX, max_frame_size) {
+    let payload = (dst.len() - start - LENGTH_PREFIX).saturating_add(tail);
+    let len = match checked_len(payload, max_frame_size) {
         Ok(len) => len,
         Err(e) => {
             dst.truncate(start);
@@ -199,30 +209,20 @@ pub fn encode_head_ref_prefix<H: serde::Serialize>(
     })
 }
 
-/// `framed` for a payload that `put_payload` ends with an empty inline body (its u64
-/// length, zero): the length becomes `data_len`, and the frame's prefix counts the
-/// data the caller sends after it.
+/// `framed_with_tail` for a payload that `put_payload` ends with an empty inline body
+/// (its u64 length, zero): that length becomes `data_len`, the data the caller sends
+/// after it.
 fn framed_but_inline_data(
     dst: &mut BytesMut,
     max_frame_size: usize,
     data_len: usize,
     put_payload: impl FnOnce(&mut BytesMut),
 ) -> Result<(), ProtocolError> {
-    let start = dst.len();
-    dst.extend_from_slice(&[0; LENGTH_PREFIX]);
-    put_payload(dst);
-    let payload = dst.len() - start - LENGTH_PREFIX;
-    let len = match checked_len(payload.saturating_add(data_len), max_frame_size) {
-        Ok(len) => len,
-        Err(e) => {
-            dst.truncate(start);
-            return Err(e);
-        }
-    };
-    let end = dst.len();
-    dst[end - 8..end].copy_from_slice(&(data_len as u64).to_be_bytes());
-    dst[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
-    Ok(())
+    framed_with_tail(dst, max_frame_size, data_len, |dst| {
+        put_payload(dst);
+        let end = dst.len();
+        dst[end - 8..end].copy_from_slice(&(data_len as u64).to_be_bytes());
+    })
 }
 
 /// Decodes a worker message from one frame's payload (as returned by [`split_frame`]).
