@@ -10,7 +10,7 @@
 //! context switch per request on each side of the channel.
 
 mod write_queue;
-pub use write_queue::{WriteQueue, ZERO_COPY_MIN};
+pub use write_queue::{WriteQueue, BACKPRESSURE, ZERO_COPY_MIN};
 
 use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;

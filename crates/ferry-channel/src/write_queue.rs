@@ -15,6 +15,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 /// Buffers handed to one `writev` (Linux takes up to 1024).
 const MAX_IOVECS: usize = 64;
 
+/// A writer that has this much queued writes it out before it queues more, so what
+/// one `flush` hands to the socket passes it by at most one frame.
+pub const BACKPRESSURE: usize = 256 * 1024;
+
 /// Data at least this large is better written from its own buffer than copied: below
 /// it, one more iovec costs more than the copy.
 pub const ZERO_COPY_MIN: usize = 4096;
@@ -58,6 +62,12 @@ impl WriteQueue {
     /// Bytes queued and not yet written.
     pub fn queued(&self) -> usize {
         self.queued
+    }
+
+    /// Whether the writer should write out what is queued before it queues more
+    /// ([`BACKPRESSURE`]).
+    pub fn is_full(&self) -> bool {
+        self.queued >= BACKPRESSURE
     }
 
     /// How many pieces the next write would hand to `writev` (for tests and metrics).
@@ -287,6 +297,15 @@ mod tests {
         out.push_bytes(data(4, 5));
         assert_eq!(out.pieces(), 4);
         assert_eq!(out.queued(), 3 * ZERO_COPY_MIN - 1 + 5);
+    }
+
+    #[test]
+    fn it_is_full_at_the_backpressure_bound() {
+        let mut out = WriteQueue::new();
+        out.push_bytes(Bytes::from(vec![0u8; BACKPRESSURE - 1]));
+        assert!(!out.is_full());
+        out.push_bytes(Bytes::from_static(b"x"));
+        assert!(out.is_full());
     }
 
     #[test]

@@ -4,17 +4,14 @@
 //!
 //! Small frames are encoded into one buffer; the data of a large body chunk or inline
 //! response body is not copied into it but written from its own `Bytes` in the same
-//! `writev` (a streamed 1 MiB
-//! response was a 1 MiB `memmove` in the worker, 8 % of its CPU). The buffer and the
-//! writes are `ferry_channel::WriteQueue`'s, shared with the master's writer.
+//! `writev` (a streamed 1 MiB response was a 1 MiB `memmove` in the worker, 8 % of its
+//! CPU). The buffer and the writes are `ferry_channel::WriteQueue`'s, shared with the
+//! master's writer.
 
-use ferry_channel::{WriteHalf, WriteQueue, ZERO_COPY_MIN};
+use ferry_channel::{WriteHalf, WriteQueue};
 use ferry_protocol::*;
 use std::io;
 use tokio::sync::mpsc;
-
-/// Frames queue up to this much before the writer must write them out.
-const BACKPRESSURE: usize = 256 * 1024;
 
 /// The channel's write side: frames queued in order, written with one `writev`.
 pub(crate) struct Writer {
@@ -40,20 +37,22 @@ impl Writer {
     /// bound. A frame too large for the channel is refused (`FrameTooLong`) and
     /// nothing of it is queued.
     pub(crate) async fn feed(&mut self, msg: WorkerMsg) -> Result<(), ProtocolError> {
-        if self.out.queued() >= BACKPRESSURE {
+        if self.out.is_full() {
             self.flush().await?;
         }
         let max = self.max_frame;
         match msg {
-            WorkerMsg::BodyChunk(c) if c.data.len() >= ZERO_COPY_MIN => {
+            // Data goes to the queue as it is: it copies a small piece and writes a
+            // large one from its own `Bytes`.
+            WorkerMsg::BodyChunk(c) => {
                 self.out
                     .append(|b| frame::encode_worker_chunk_prefix(c.id, c.data.len(), b, max))?;
                 self.out.push_bytes(c.data);
             }
-            // A whole response of 4 KiB to 64 KiB (a typical page): its body is the
-            // frame's last field, and goes out from its own `Bytes` too.
+            // A whole response: its body is the frame's last field, and goes to the
+            // queue the same way (a page of 4 KiB to 64 KiB is not copied).
             WorkerMsg::ResponseHead(h) => match &h.body {
-                BodyKind::Inline(data) if data.len() >= ZERO_COPY_MIN => {
+                BodyKind::Inline(data) => {
                     let data = data.clone();
                     self.out
                         .append(|b| frame::encode_response_head_prefix(&h, data.len(), b, max))?;
@@ -144,6 +143,7 @@ fn request_id(msg: &WorkerMsg) -> Option<u64> {
 mod tests {
     use super::*;
     use bytes::BytesMut;
+    use ferry_channel::ZERO_COPY_MIN;
     use std::io::Read;
 
     fn chunk(id: u64, len: usize) -> WorkerMsg {

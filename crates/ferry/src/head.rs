@@ -2,13 +2,12 @@
 //! target, peer and every header are borrowed and copied once, into the frame
 //! (`RequestHeadRef`, with the headers serialized from hyper's map in place), so the
 //! frame buffer (and the `Bytes` handle it becomes) is all it allocates. An inline
-//! body of 4 KiB or more is not copied at all: the frame is queued as its head and the
-//! body's own `Bytes`, written one after the other. HTTP/2 requests are made to look as HTTP/1.1
+//! body is not copied here: the frame is queued as its head and the body's own
+//! `Bytes`, written one after the other (the writer copies only a small one). HTTP/2 requests are made to look as HTTP/1.1
 //! ones would to a worker: an origin-form target, `host` from the authority, and
 //! split cookies joined.
 
 use bytes::Bytes;
-use ferry_channel::ZERO_COPY_MIN;
 use ferry_protocol::*;
 use http::header;
 
@@ -71,16 +70,16 @@ impl Head<'_> {
             },
         };
         // Sized up front: the frame buffer is the one allocation.
-        let size = 128 + target.len() + self.peer.len() + headers.bytes;
+        // The body is not copied here: the writer's queue copies a small one and
+        // writes a large one from its own `Bytes`.
+        let mut buf =
+            bytes::BytesMut::with_capacity(128 + target.len() + self.peer.len() + headers.bytes);
         match self.inline {
-            Some(body) if body.len() >= ZERO_COPY_MIN => {
-                let mut buf = bytes::BytesMut::with_capacity(size);
+            Some(body) => {
                 frame::encode_head_ref_prefix(&head, body.len(), &mut buf, max_frame)?;
                 Ok(Outgoing::Split(buf.freeze(), body.clone()))
             }
-            _ => {
-                let inline = self.inline.map_or(0, Bytes::len);
-                let mut buf = bytes::BytesMut::with_capacity(size + inline);
+            None => {
                 frame::encode_head_ref(&head, &mut buf, max_frame)?;
                 Ok(Outgoing::Frame(buf.freeze()))
             }
@@ -159,27 +158,31 @@ fn version(v: http::Version) -> HttpVersion {
 mod tests {
     use super::*;
 
-    fn frame_of(out: Outgoing) -> (bool, MasterMsg) {
-        let (split, bytes) = match out {
-            Outgoing::Frame(f) => (false, f),
-            Outgoing::Split(head, body) => (true, Bytes::from([&head[..], &body[..]].concat())),
+    /// The frame's bytes, and the second piece if it came in two.
+    fn frame_of(out: Outgoing) -> (Option<Bytes>, MasterMsg) {
+        let (tail, bytes) = match out {
+            Outgoing::Frame(f) => (None, f),
+            Outgoing::Split(head, body) => {
+                let whole = Bytes::from([&head[..], &body[..]].concat());
+                (Some(body), whole)
+            }
             Outgoing::Msg(_) => panic!("a head is a frame"),
         };
         let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
         assert_eq!(len, bytes.len() - 4, "the prefix counts every piece");
-        (split, frame::decode_master(bytes.slice(4..)).unwrap())
+        (tail, frame::decode_master(bytes.slice(4..)).unwrap())
     }
 
-    /// An inline body of 4 KiB or more is queued as its own `Bytes` after the head,
-    /// a smaller one inside the frame; the worker reads the same request either way.
+    /// An inline body is queued as its own `Bytes` (the same buffer, not a copy) after
+    /// the head, whatever its size; the worker reads the whole request.
     #[test]
-    fn a_large_inline_body_is_sent_from_its_own_bytes_and_arrives_whole() {
+    fn an_inline_body_is_sent_from_its_own_bytes_and_arrives_whole() {
         let (parts, ()) = http::Request::post("/upload?x=1")
             .header("host", "example.com")
             .body(())
             .unwrap()
             .into_parts();
-        for len in [100, ZERO_COPY_MIN - 1, ZERO_COPY_MIN, 60_000] {
+        for len in [0, 100, 4095, 4096, 60_000] {
             let body = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
             let head = Head {
                 parts: &parts,
@@ -188,8 +191,10 @@ mod tests {
                 streamed: false,
                 length: Some(len as u64),
             };
-            let (split, msg) = frame_of(head.encode(7, 1 << 20).unwrap());
-            assert_eq!(split, len >= ZERO_COPY_MIN, "{len} bytes");
+            let (tail, msg) = frame_of(head.encode(7, 1 << 20).unwrap());
+            let tail = tail.expect("an inline body comes as the frame's second piece");
+            assert_eq!(tail.as_ptr(), body.as_ptr(), "{len} bytes: copied");
+            assert_eq!(tail.len(), len);
             let MasterMsg::RequestHead(h) = msg else {
                 panic!("not a head: {msg:?}")
             };
@@ -200,6 +205,17 @@ mod tests {
             assert_eq!(h.peer, "127.0.0.1:5");
             assert_eq!(h.body, BodyKind::Inline(body));
         }
+        // Without a body, one piece.
+        let head = Head {
+            parts: &parts,
+            peer: "",
+            inline: None,
+            streamed: false,
+            length: None,
+        };
+        let (tail, msg) = frame_of(head.encode(8, 1 << 20).unwrap());
+        assert!(tail.is_none());
+        assert!(matches!(msg, MasterMsg::RequestHead(h) if h.body == BodyKind::Empty));
     }
 
     #[test]
