@@ -1223,10 +1223,16 @@ fn main() {
     meta.elapsed_secs = started.elapsed().as_secs();
     noise.check();
     meta.busy = noise.seen.iter().map(|s| s.to_string()).collect();
-    let nice: Vec<f64> = runs.iter().map(|r| r.nice_pct).collect();
+    // The SDK rows' runs count as much as the main ones (an --sdks-only report has
+    // only them).
+    let (nice, steal): (Vec<f64>, Vec<f64>) = runs
+        .iter()
+        .map(|r| (r.nice_pct, r.steal_pct))
+        .chain(sdk_runs.iter().map(|r| (r.nice_pct, r.steal_pct)))
+        .unzip();
     meta.nice_median = report::median(nice.clone()).unwrap_or(0.0);
     meta.nice_max = nice.iter().copied().fold(0.0, f64::max);
-    meta.steal_max = runs.iter().map(|r| r.steal_pct).fold(0.0, f64::max);
+    meta.steal_max = steal.iter().copied().fold(0.0, f64::max);
     println!(
         "{}",
         report::render(&meta, &runs, &ipc, &more, &warnings, false)

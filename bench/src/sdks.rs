@@ -221,6 +221,10 @@ pub struct SdkRun {
     pub cpu_us: Option<f64>,
     /// Of it, the root process's own (ferry's master), for the ferry peers.
     pub master_us: Option<f64>,
+    /// Other work on the machine during the run (%), as for the main runs: niced
+    /// processes' share of all CPU time, and steal.
+    pub nice_pct: f64,
+    pub steal_pct: f64,
 }
 
 fn start(env: &Env, py: &std::path::Path, peer: Peer, mode: Mode) -> Result<Server, String> {
@@ -334,6 +338,8 @@ pub fn run(env: &Env, opts: &Opts, warnings: &mut Vec<String>, noise: &mut Noise
                         out,
                         cpu_us,
                         root_cpu_us,
+                        nice_pct,
+                        steal_pct,
                         ..
                     }) => {
                         say(format!(
@@ -365,6 +371,8 @@ pub fn run(env: &Env, opts: &Opts, warnings: &mut Vec<String>, noise: &mut Noise
                             p99_us: out.p99_us,
                             cpu_us,
                             master_us: root_cpu_us.filter(|_| peer.is_ferry()),
+                            nice_pct,
+                            steal_pct,
                         });
                     }
                     Err(e) => warn(warnings, format!("[SDKs] {}: {e}", peer.name())),
@@ -678,6 +686,8 @@ mod tests {
             p99_us: 900.0,
             cpu_us: Some(cpu),
             master_us: master,
+            nice_pct: 0.0,
+            steal_pct: 0.0,
         }
     }
 
