@@ -26,6 +26,8 @@ pub mod sockfile;
 
 pub mod front;
 
+pub mod client_io;
+
 pub mod proxy;
 
 pub mod head;
