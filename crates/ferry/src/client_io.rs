@@ -131,13 +131,18 @@ impl AsyncWrite for ClientIo {
 /// `bufs` copied into one buffer, with its length, if there are several of them and
 /// they come to at most [`COALESCE_MAX`] bytes.
 fn coalesce(bufs: &[io::IoSlice<'_>]) -> Option<([u8; COALESCE_MAX], usize)> {
-    if bufs.len() < 2 {
+    // Sized first: a large write (a body chunk) is passed on without the buffer being
+    // cleared or any of its head copied.
+    let total = bufs
+        .iter()
+        .try_fold(0usize, |n, b| n.checked_add(b.len()))?;
+    if bufs.len() < 2 || total > COALESCE_MAX {
         return None;
     }
     let mut one = [0u8; COALESCE_MAX];
     let mut n = 0;
     for b in bufs {
-        one.get_mut(n..n + b.len())?.copy_from_slice(b);
+        one[n..n + b.len()].copy_from_slice(b);
         n += b.len();
     }
     Some((one, n))

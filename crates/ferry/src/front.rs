@@ -10,11 +10,12 @@
 //! The header timeout needs the timer: without `.timer(...)` hyper silently leaves it
 //! off, and a slowloris client holds the connection forever. Telling the protocols
 //! apart reads the first bytes once (bounded by the same timeout) and replays them
-//! into hyper ([`crate::client_io::ClientIo`]), so a client that sends nothing, or half a preface, costs
-//! one timer and no CPU. hyper closes an idle HTTP/1.1 keep-alive connection after
-//! that timeout (it is waiting for the next head); HTTP/2 has no such wait, so an
-//! HTTP/2 connection with nothing in progress for as long is closed here (GOAWAY),
-//! and one whose every request is stalled (`activity.rs`) is dropped.
+//! into hyper ([`crate::client_io::ClientIo`]), so a client that sends nothing, or
+//! half a preface, costs one timer and no CPU. hyper closes an idle HTTP/1.1
+//! keep-alive connection after that timeout (it is waiting for the next head); HTTP/2
+//! has no such wait, so an HTTP/2 connection with nothing in progress for as long is
+//! closed here (GOAWAY), and one whose every request is stalled (`activity.rs`) is
+//! dropped.
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
