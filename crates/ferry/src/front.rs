@@ -341,7 +341,10 @@ fn service(
         let peer = peer.clone();
         let activity = activity.clone();
         let busy = activity.clone().map(Busy::new);
-        async move {
+        // Boxed: the future is about 2 KiB, and hyper moves it into its dispatcher
+        // (and the call moves it before that); a box moves 8 bytes instead, which
+        // was 1.3 % of the master's samples at c=64 (memcpy under `recv_msg`).
+        Box::pin(async move {
             let record = ctx.access_log.as_ref().map(|_| begin(&req, &peer));
             let mut resp = crate::proxy::handle(req, &peer, &ctx, activity.as_ref()).await;
             ctx.stats.count_response(resp.status());
@@ -360,7 +363,7 @@ fn service(
                 blocked: busy.is_some(),
                 busy,
             }))
-        }
+        })
     })
 }
 
