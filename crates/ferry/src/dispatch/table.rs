@@ -161,7 +161,7 @@ impl<L> Entry<L> {
 
 pub struct Table<L> {
     next_id: u64,
-    entries: HashMap<u64, Entry<L>>,
+    entries: HashMap<u64, Entry<L>, id_hasher::BuildIdHasher>,
     /// Set once the worker is gone: no new requests are registered.
     closed: bool,
     /// Set when `Drain` is queued: nothing may be queued after it for the worker to
@@ -176,7 +176,7 @@ impl<L> Default for Table<L> {
     fn default() -> Self {
         Table {
             next_id: 0,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             closed: false,
             draining: false,
             budget: None,
@@ -595,5 +595,6 @@ fn not_streaming(what: &str, id: u64) -> Violation {
     ))
 }
 
+mod id_hasher;
 #[cfg(test)]
 mod tests;
