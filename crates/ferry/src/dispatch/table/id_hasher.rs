@@ -12,14 +12,15 @@ pub type BuildIdHasher = BuildHasherDefault<IdHasher>;
 pub struct IdHasher(u64);
 
 impl Hasher for IdHasher {
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    fn write_u64(&mut self, n: u64) {
+        // From the initial 0 this is `id * K`; later writes mix into what came before.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 
     fn write(&mut self, bytes: &[u8]) {
         // The table's keys are u64s and never come here; other input still hashes.
         for &b in bytes {
-            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+            self.write_u64(u64::from(b));
         }
     }
 
