@@ -1,0 +1,147 @@
+"""asgi.py's pieces on their own, in process: the scope built from a RequestHead, and
+the response messages an app sends turned into frames (read back with the codec)."""
+import asyncio
+
+import pytest
+
+from ferry_worker import asgi
+from ferry_worker import codec as c
+from ferry_worker.aio import AsyncExchange
+from ferry_worker.asgi import ASGIServer
+
+
+def scope(target, peer="127.0.0.1:5000", state=None):
+    server = ASGIServer(None, lifespan="auto")
+    if state:
+        server.lifespan.state.update(state)
+    head = c.RequestHead(1, "GET", target, 2, [(b"host", b"t")], peer, c.BODY_EMPTY)
+    return server.scope(AsyncExchange(server.session, head))
+
+
+def test_scope_of_a_plain_target():
+    s = scope("/hello")
+    assert (s["type"], s["method"], s["http_version"], s["scheme"]) == ("http", "GET", "1.1", "http")
+    assert (s["path"], s["raw_path"], s["query_string"]) == ("/hello", b"/hello", b"")
+    assert s["headers"] == [(b"host", b"t")]
+    assert s["client"] == ("127.0.0.1", 5000)
+    assert "state" not in s
+
+
+def test_scope_splits_the_query_and_unescapes_only_the_path():
+    s = scope("/caf%C3%A9/x%2Fy?q=1&r=%20")
+    assert s["path"] == "/caf\u00e9/x/y"
+    assert s["raw_path"] == b"/caf%C3%A9/x%2Fy"
+    assert s["query_string"] == b"q=1&r=%20"
+    s = scope("/a?")
+    assert (s["path"], s["query_string"]) == ("/a", b"")
+
+
+def test_scope_of_a_target_that_is_not_ascii():
+    # The master passes the target as UTF-8 text: raw_path and the query carry it
+    # as UTF-8 bytes.
+    s = scope("/\u00e9t\u00e9?n=\u00e9")
+    assert (s["path"], s["raw_path"], s["query_string"]) == (
+        "/\u00e9t\u00e9", "/\u00e9t\u00e9".encode(), "n=\u00e9".encode())
+
+
+@pytest.mark.parametrize("peer, client", [
+    ("[::1]:8080", ("::1", 8080)),
+    ("10.0.0.7:1", ("10.0.0.7", 1)),
+    ("unix", None),                 # not host:port: no client, as ASGI allows
+    ("", None),
+])
+def test_scope_client_from_the_peer(peer, client):
+    assert scope("/", peer)["client"] == client
+    assert scope("/", peer)["client"] == client       # the second time from the cache
+
+
+def test_the_client_cache_is_bounded():
+    asgi._clients.clear()
+    for port in range(asgi._CLIENTS_MAX + 10):
+        assert scope("/", "10.1.2.3:%d" % port)["client"] == ("10.1.2.3", port)
+    assert len(asgi._clients) <= asgi._CLIENTS_MAX
+
+
+def test_scope_state_is_a_copy_of_the_lifespan_state():
+    s = scope("/", state={"db": "x"})
+    assert s["state"] == {"db": "x"}
+    s["state"]["db"] = "changed"
+    assert scope("/", state={"db": "x"})["state"] == {"db": "x"}
+
+
+class Transport:
+    def __init__(self):
+        self.out = []
+
+    def write(self, data):
+        self.out.append(bytes(data))
+
+    def writelines(self, parts):
+        self.out.extend(bytes(p) for p in parts)
+
+    def is_closing(self):
+        return False
+
+
+def run(app, method="GET"):
+    """Serves one request with ``app`` and returns the frames it wrote, decoded."""
+    async def main():
+        server = ASGIServer(app, lifespan="off")
+        s = server.session
+        s.loop = asyncio.get_running_loop()
+        s._finished = s.loop.create_future()
+        t = Transport()
+        s.connection_made(t)
+        s.data_received(c.encode_welcome(0, c.DEFAULT_MAX_FRAME_SIZE, 64, 1 << 20))
+        s.data_received(c.encode_request_head(7, method, "/", 2, [], "127.0.0.1:1"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        out = c.FrameSplitter().feed(b"".join(t.out[1:]))      # after Hello
+        return [c.decode_worker(bytes(b[s:e])) for b, s, e in out]
+    return asyncio.run(main())
+
+
+def app_sending(*messages):
+    async def app(scope, receive, send):
+        for m in messages:
+            await send(m)
+    return app
+
+
+START = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
+
+
+def test_a_whole_small_body_is_one_response_frame():
+    frames = run(app_sending(START, {"type": "http.response.body", "body": b"hello"}))
+    assert [t for t, _ in frames] == [c.RESPONSE_HEAD]
+    head = frames[0][1]
+    assert (head.id, head.status, head.body) == (7, 200, (c.INLINE, b"hello"))
+
+
+def test_a_small_body_in_parts_is_gathered_into_one_frame():
+    frames = run(app_sending(START, {"type": "http.response.body", "body": b"he", "more_body": True},
+                             {"type": "http.response.body", "body": b"llo"}))
+    assert [t for t, _ in frames] == [c.RESPONSE_HEAD]
+    assert frames[0][1].body == (c.INLINE, b"hello")
+
+
+def test_a_body_without_a_length_is_streamed_and_ended():
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    frames = run(app_sending(start, {"type": "http.response.body", "body": b"ab", "more_body": True},
+                             {"type": "http.response.body", "body": b"cd"}))
+    assert [t for t, _ in frames] == [c.RESPONSE_HEAD, c.W_BODY_CHUNK, c.W_BODY_CHUNK, c.W_BODY_END]
+    assert frames[0][1].body[0] == c.STREAMED
+    assert [bytes(m.data) for t, m in frames[1:3]] == [b"ab", b"cd"]
+
+
+@pytest.mark.parametrize("body", [b"hell", b"hello!"])
+def test_a_body_that_breaks_its_length_fails_the_request(body):
+    frames = run(app_sending(START, {"type": "http.response.body", "body": body}))
+    assert [t for t, _ in frames] == [c.REQUEST_FAILED]
+    assert "Content-Length" in frames[0][1].reason
+
+
+def test_head_gets_no_body():
+    frames = run(app_sending(START, {"type": "http.response.body", "body": b"hello"}), method="HEAD")
+    assert [t for t, _ in frames] == [c.RESPONSE_HEAD]
+    assert frames[0][1].body[0] == c.EMPTY
