@@ -9,6 +9,8 @@
 //! other side read woke this process once more for nothing: at c=1, one extra
 //! context switch per request on each side of the channel.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod write_queue;
 pub use write_queue::{WriteQueue, BACKPRESSURE, ZERO_COPY_MIN};
 

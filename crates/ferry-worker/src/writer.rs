@@ -142,9 +142,7 @@ fn request_id(msg: &WorkerMsg) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
     use ferry_channel::ZERO_COPY_MIN;
-    use std::io::Read;
 
     fn chunk(id: u64, len: usize) -> WorkerMsg {
         WorkerMsg::BodyChunk(BodyChunk {
@@ -197,24 +195,7 @@ mod tests {
             sent.push(chunk(1000 + i, ZERO_COPY_MIN - 1));
         }
         let total: usize = sent.len();
-        let reader = std::thread::spawn(move || {
-            let mut theirs = theirs;
-            let mut buf = BytesMut::new();
-            let mut got = Vec::new();
-            let mut piece = [0u8; 3000];
-            while got.len() < total {
-                while let Some(p) = frame::split_frame(&mut buf, 1 << 20).unwrap() {
-                    got.push(frame::decode_worker(p).unwrap());
-                }
-                if got.len() == total {
-                    break;
-                }
-                let n = theirs.read(&mut piece).unwrap();
-                assert!(n > 0, "EOF after {} frames", got.len());
-                buf.extend_from_slice(&piece[..n]);
-            }
-            got
-        });
+        let reader = ferry_channel::testing::read_frames(theirs, total, 3000);
         for (i, m) in sent.iter().cloned().enumerate() {
             w.feed(m).await.unwrap();
             if i % 7 == 0 && i < copied_from {
@@ -224,7 +205,9 @@ mod tests {
         w.flush().await.unwrap();
         assert_eq!(w.out.queued(), 0);
         assert_eq!(w.out.pieces(), 0);
-        let got = reader.join().unwrap();
+        let got: Vec<WorkerMsg> = (reader.join().unwrap().into_iter())
+            .map(|p| frame::decode_worker(p).unwrap())
+            .collect();
         assert_eq!(got.len(), sent.len());
         for (g, s) in got.iter().zip(&sent) {
             assert_eq!(format!("{g:?}"), format!("{s:?}"));

@@ -114,7 +114,6 @@ mod tests {
     use super::*;
     use bytes::BytesMut;
     use ferry_channel::ZERO_COPY_MIN;
-    use std::io::Read;
 
     fn data(seed: u8, len: usize) -> Bytes {
         (0..len)
@@ -168,24 +167,7 @@ mod tests {
             })
             .collect();
         let total = expect.len();
-        let reader = std::thread::spawn(move || {
-            let mut theirs = theirs;
-            let mut buf = BytesMut::new();
-            let mut got = Vec::new();
-            let mut piece = [0u8; 5000];
-            while got.len() < total {
-                while let Some(p) = frame::split_frame(&mut buf, 1 << 20).unwrap() {
-                    got.push(format!("{:?}", frame::decode_master(p).unwrap()));
-                }
-                if got.len() == total {
-                    break;
-                }
-                let n = theirs.read(&mut piece).unwrap();
-                assert!(n > 0, "EOF after {} frames", got.len());
-                buf.extend_from_slice(&piece[..n]);
-            }
-            got
-        });
+        let reader = ferry_channel::testing::read_frames(theirs, total, 5000);
         for (i, item) in sent.into_iter().enumerate() {
             w.feed(item).await.unwrap();
             if i % 11 == 0 {
@@ -194,7 +176,10 @@ mod tests {
         }
         w.flush().await.unwrap();
         assert_eq!(w.out.queued(), 0);
-        assert_eq!(reader.join().unwrap(), expect);
+        let got: Vec<String> = (reader.join().unwrap().into_iter())
+            .map(|p| format!("{:?}", frame::decode_master(p).unwrap()))
+            .collect();
+        assert_eq!(got, expect);
     }
 
     #[tokio::test]
