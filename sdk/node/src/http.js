@@ -236,11 +236,14 @@ function end(chunk, encoding, cb) {
     return this;
   }
   const ex = this[kEx];
+  // What can throw (a chunk that is not bytes, a statusCode out of range) throws
+  // before the response counts as finished, as in node:http: the app's error handler
+  // (Express's) then still sees headersSent false and can answer with a 500.
+  const data = chunk === undefined || chunk === null || !this._hasBody ? null : toBytes(chunk, encoding);
+  if (!this[kHeadSent] && !this._header) this._implicitHeader();
   if (cb) this.once('finish', cb);
   this.finished = true;
-  const data = chunk === undefined || chunk === null || !this._hasBody ? null : toBytes(chunk, encoding);
   if (!this[kHeadSent]) {
-    if (!this._header) this._implicitHeader();
     this[kHeadSent] = true;
     ex.respond(this.statusCode, headerList(this), data, declaredLength(this));
   } else {

@@ -125,6 +125,18 @@ for (const [name, app] of Object.entries(apps)) {
       assert.match(one.log, /intentional handler failure/);
     });
 
+    if (name.includes('Express')) {
+      test('res.end() that throws (bad status, a chunk that is not bytes) still gets a 500', async () => {
+        const pid = await pidOf(one);
+        for (const path of ['/badstatus', '/badchunk']) {
+          const r = await get(`${one.url}${path}`);
+          assert.equal(r.status, 500, path);
+        }
+        assert.equal((await get(`${one.url}/`)).status, 200);
+        assert.equal(await pidOf(one), pid);
+      });
+    }
+
     test('a body that breaks its Content-Length fails that request only', async () => {
       const pid = await pidOf(one);
       const outcome = await get(`${one.url}/badlength`).then(

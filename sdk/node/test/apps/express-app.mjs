@@ -54,6 +54,13 @@ app.get('/file', (req, res) => res.sendFile(`${dir}/big.bin`));
 app.get('/throw', () => {
   throw new Error('intentional handler failure');
 });
+// end() throws before the response counts as finished: Express's error handler
+// still answers 500 (node:http does the same).
+app.get('/badstatus', (req, res) => {
+  res.statusCode = 5000;
+  res.end('never');
+});
+app.get('/badchunk', (req, res) => res.end({ not: 'bytes' }));
 app.get('/badlength', (req, res) => {
   res.setHeader('content-length', '100');
   res.write('only ten b');
