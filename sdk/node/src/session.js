@@ -473,8 +473,13 @@ export class Session {
 
   startRequest(head) {
     const id = head.id;
-    if (this.table.size >= this.limit || this.table.has(id)) {
-      console.error(`ferry-worker: the master sent request ${id} over the announced limit or with an id in use`);
+    if (this.table.has(id)) {
+      // Its handler will answer that id: any answer to this head would be a second
+      // terminal message (SPEC.md 6 lets a worker treat it as fatal).
+      throw new c.ProtocolError(`a RequestHead for request ${id}, still in flight`);
+    }
+    if (this.table.size >= this.limit) {
+      console.error(`ferry-worker: the master sent request ${id} over the announced limit`);
       this.writer.frame({ type: c.REQUEST_FAILED, id, reason: 'worker over its in-flight limit' });
       return;
     }

@@ -239,6 +239,32 @@ test('a frame that does not decode ends the worker with a clear message', async 
   assert.match(fm.stderr, /bad frame from the master: ProtocolError: unknown message type 0x99/);
 });
 
+test('a RequestHead for an id still in flight ends the worker: a second answer would break the one-terminal rule', async () => {
+  const fm = worker();
+  await handshake(fm);
+  fm.send(requestHead(1, 'GET', '/wait'));
+  fm.send(requestHead(1, 'GET', '/hello'));
+  const exit = await fm.exit;
+  assert.equal(exit.code, 1);
+  assert.match(fm.stderr, /a RequestHead for request 1, still in flight/);
+  assert.deepEqual(fm.frames.filter((m) => m.id === 1n), [], 'no answer for request 1');
+});
+
+test('a RequestHead over the in-flight limit fails alone; the others are served', async () => {
+  const fm = worker(['--max-in-flight', '2']);
+  await handshake(fm);
+  fm.send(requestHead(1, 'GET', '/wait'));
+  fm.send(requestHead(2, 'GET', '/wait'));
+  fm.send(requestHead(3, 'GET', '/hello'));
+  const failed = await fm.next((m) => m.id === 3n);
+  assert.deepEqual(failed, { type: c.REQUEST_FAILED, id: 3n, reason: 'worker over its in-flight limit' });
+  fm.send({ type: c.CANCEL, id: 1n });
+  assert.equal((await fm.next((m) => m.id === 1n)).type, c.REQUEST_FAILED);
+  fm.send(requestHead(4, 'GET', '/hello'));
+  assert.equal((await fm.next((m) => m.id === 4n)).status, 200);
+  fm.kill();
+});
+
 test('a length prefix over the frame limit ends the worker before buffering it', async () => {
   const fm = worker();
   await handshake(fm, { maxFrameSize: 4096 });

@@ -449,9 +449,13 @@ class Session:
                     return                # sent before the master read our Goodbye
                 self._last_id = head.id
                 table = self._table
-                if head.id in table or len(table) >= self.max_in_flight:
-                    log.error("the master sent request %d over the announced limit or "
-                              "with an id in use", head.id)
+                if head.id in table:
+                    # Its handler will answer that id: any answer to this head would
+                    # be a second terminal message (SPEC 6 lets us treat it as fatal).
+                    raise ProtocolError("a RequestHead for request %d, still in flight"
+                                        % head.id)
+                if len(table) >= self.max_in_flight:
+                    log.error("the master sent request %d over the announced limit", head.id)
                     self._write(codec.encode_request_failed(
                         head.id, "worker over its in-flight limit"))
                     return

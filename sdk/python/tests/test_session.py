@@ -307,6 +307,29 @@ def test_an_oversized_frame_ends_the_worker(master):
     assert b"over the limit" in master.proc.stderr.read()
 
 
+def test_a_head_for_an_id_still_in_flight_ends_the_worker(master):
+    # Answering either head would put a second terminal message on that id.
+    master.handshake()
+    master.send(GET(1, "/slow?t=5"), GET(1, "/hello"))
+    assert master.recv() is None
+    assert master.proc.wait(10) != 0
+    assert b"request 1, still in flight" in master.proc.stderr.read()
+
+
+def test_a_head_over_the_limit_fails_alone_and_the_others_finish(master):
+    master.handshake()                      # both apps announce 3 in flight
+    master.send(*[GET(i, "/slow?t=0.5") for i in (1, 2, 3)], GET(4, "/hello"))
+    t, failed = master.recv()
+    assert (t, failed.id) == (c.REQUEST_FAILED, 4)
+    assert "in-flight limit" in failed.reason
+    answers = [master.recv() for _ in range(3)]
+    assert sorted((t, m.id, m.status) for t, m in answers) == [
+        (c.RESPONSE_HEAD, i, 200) for i in (1, 2, 3)]
+    master.send(GET(5, "/hello"))           # and the worker serves on
+    t, head = master.recv()
+    assert (t, head.id, head.status) == (c.RESPONSE_HEAD, 5, 200)
+
+
 @pytest.mark.parametrize("module", ["ferry_worker.wsgi", "ferry_worker.asgi"])
 def test_an_app_that_does_not_import_exits_before_the_handshake(module, tmp_path):
     m = FakeMaster([PY, "-m", module, "no_such_module_here:app"], str(tmp_path))
