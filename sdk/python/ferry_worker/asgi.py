@@ -70,6 +70,7 @@ class Lifespan:
         self._startup = None
         self._shutdown = None
         self._task = None
+        self._stopping = False
 
     async def startup(self):
         loop = asyncio.get_running_loop()
@@ -83,6 +84,7 @@ class Lifespan:
     async def shutdown(self):
         if not self.supported or self._task is None or self._task.done():
             return
+        self._stopping = True
         await self._inbox.put({"type": "lifespan.shutdown"})
         ok, message = await self._shutdown
         if not ok:
@@ -101,6 +103,10 @@ class Lifespan:
                          type(e).__name__, e)
                 self._startup.set_result((True, None))
             elif not self._shutdown.done():
+                if not self._stopping:
+                    # Between startup and shutdown nobody waits for the result:
+                    # say it now, or it is never said.
+                    log.error("the lifespan task failed after startup", exc_info=True)
                 self._shutdown.set_result((False, "%s: %s" % (type(e).__name__, e)))
         finally:
             for f in (self._startup, self._shutdown):
@@ -190,7 +196,10 @@ class ASGIServer:
                 return _DISCONNECT
             if kind == 2:                       # Streamed
                 if not ex._ended or ex._chunks:
-                    data = await ex.read_body()
+                    try:
+                        data = await ex.read_body()
+                    except RequestGone:         # cancelled while the app waited
+                        return _DISCONNECT
                     if data is not None:
                         more = not ex._ended or bool(ex._chunks)
                         sent_request[0] = not more

@@ -7,7 +7,7 @@ import pytest
 from ferry_worker import asgi
 from ferry_worker import codec as c
 from ferry_worker.aio import AsyncExchange
-from ferry_worker.asgi import ASGIServer
+from ferry_worker.asgi import ASGIServer, Lifespan
 
 
 def scope(target, peer="127.0.0.1:5000", state=None):
@@ -145,3 +145,95 @@ def test_head_gets_no_body():
     frames = run(app_sending(START, {"type": "http.response.body", "body": b"hello"}), method="HEAD")
     assert [t for t, _ in frames] == [c.RESPONSE_HEAD]
     assert frames[0][1].body[0] == c.EMPTY
+
+
+def test_a_cancel_while_the_app_waits_for_the_body_is_http_disconnect():
+    events = []
+
+    async def app(scope, receive, send):
+        events.append(await receive())
+        events.append(await receive())
+
+    async def main():
+        server = ASGIServer(app, lifespan="off")
+        s = server.session
+        s.loop = asyncio.get_running_loop()
+        s._finished = s.loop.create_future()
+        t = Transport()
+        s.connection_made(t)
+        s.data_received(c.encode_welcome(0, c.DEFAULT_MAX_FRAME_SIZE, 64, 1 << 20))
+        s.data_received(c.encode_request_head(3, "POST", "/", 2, [], "127.0.0.1:1",
+                                              (c.STREAMED, None)))
+        s.data_received(c.encode_body_chunk(3, b"part", worker=False))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        s.data_received(c.encode_cancel(3))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        out = c.FrameSplitter().feed(b"".join(t.out[1:]))
+        return [c.decode_worker(bytes(b[s:e])) for b, s, e in out]
+
+    frames = asyncio.run(main())
+    assert events == [{"type": "http.request", "body": b"part", "more_body": True},
+                      {"type": "http.disconnect"}]
+    assert [(t, m.id, m.reason) for t, m in frames] == [(c.REQUEST_FAILED, 3, "cancelled")]
+
+
+def lifespan_app(startup, shutdown="lifespan.shutdown.complete", after_startup=None):
+    """A lifespan app answering startup and shutdown with the given message types;
+    ``after_startup``: an exception it raises right after startup completed."""
+    async def app(scope, receive, send):
+        assert scope["type"] == "lifespan"
+        await receive()
+        if startup is None:
+            raise RuntimeError("lifespan is not supported here")
+        await send({"type": startup, "message": "no database"})
+        if after_startup is not None:
+            raise after_startup
+        await receive()
+        await send({"type": shutdown, "message": "could not flush"})
+    return app
+
+
+def test_a_failed_startup_is_an_error_with_the_apps_message():
+    async def main():
+        await Lifespan(lifespan_app("lifespan.startup.failed")).startup()
+    with pytest.raises(RuntimeError, match="lifespan startup failed: no database"):
+        asyncio.run(main())
+
+
+def test_an_app_without_lifespan_is_served_in_auto_mode_and_refused_with_on():
+    async def auto():
+        span = Lifespan(lifespan_app(None))
+        await span.startup()
+        await span.shutdown()                 # nothing to shut down: returns at once
+        return span.supported
+    assert asyncio.run(auto()) is False
+
+    async def on():
+        await ASGIServer(lifespan_app(None), lifespan="on").serve()
+    with pytest.raises(RuntimeError, match="--lifespan on"):
+        asyncio.run(on())
+
+
+def test_a_failed_shutdown_is_logged(caplog):
+    async def main():
+        span = Lifespan(lifespan_app("lifespan.startup.complete", "lifespan.shutdown.failed"))
+        await span.startup()
+        await span.shutdown()
+    asyncio.run(main())
+    assert "lifespan shutdown failed: could not flush" in caplog.text
+
+
+def test_a_lifespan_task_that_fails_after_startup_is_logged_when_it_fails(caplog):
+    async def main():
+        span = Lifespan(lifespan_app("lifespan.startup.complete",
+                                     after_startup=ValueError("lost the pool")))
+        await span.startup()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        logged = caplog.text
+        await span.shutdown()
+        return logged
+    logged = asyncio.run(main())
+    assert "the lifespan task failed after startup" in logged and "lost the pool" in logged
