@@ -162,12 +162,17 @@ function writeHead(statusCode, reason, headers) {
   if (headers) {
     if (Array.isArray(headers)) {
       // [[k, v], ...] or node's flat [k, v, k, v]: sent as given, repeats kept.
-      const raw = (this[kRaw] ??= []);
+      // Checked as setHeader checks (node:http's own validators): CR, LF, NUL or a
+      // character past U+00FF would otherwise reach the frame (SPEC.md 4.3).
+      // All checked before any is kept: a throw leaves the response as it was.
+      const checked = [];
       if (headers.length > 0 && Array.isArray(headers[0])) {
-        for (const [k, v] of headers) raw.push(String(k).toLowerCase(), String(v));
+        for (const [k, v] of headers) pushChecked(checked, k, v);
       } else {
-        for (let i = 0; i + 1 < headers.length; i += 2) raw.push(String(headers[i]).toLowerCase(), String(headers[i + 1]));
+        for (let i = 0; i + 1 < headers.length; i += 2) pushChecked(checked, headers[i], headers[i + 1]);
       }
+      const raw = (this[kRaw] ??= []);
+      for (let i = 0; i < checked.length; i++) raw.push(checked[i]);
     } else {
       for (const k of Object.keys(headers)) if (headers[k] !== undefined) this.setHeader(k, headers[k]);
     }
@@ -176,6 +181,14 @@ function writeHead(statusCode, reason, headers) {
   // the first body bytes or at end(), so a small response stays one inline frame.
   this._header = ' ';
   return this;
+}
+
+function pushChecked(list, name, value) {
+  name = String(name);
+  value = String(value);
+  http.validateHeaderName(name);
+  http.validateHeaderValue(name, value);
+  list.push(name.toLowerCase(), value);
 }
 
 function implicitHeader() {
@@ -256,7 +269,7 @@ function end(chunk, encoding, cb) {
 function addTrailers(headers) {
   const list = (this._trailerList ??= []);
   const entries = Array.isArray(headers) ? headers : Object.entries(headers);
-  for (const [k, v] of entries) list.push(String(k).toLowerCase(), String(v));
+  for (const [k, v] of entries) pushChecked(list, k, v);
 }
 
 function flushHeaders() {

@@ -126,11 +126,12 @@ for (const [name, app] of Object.entries(apps)) {
     });
 
     if (name.includes('Express')) {
-      test('res.end() that throws (bad status, a chunk that is not bytes) still gets a 500', async () => {
+      test('res.end() or writeHead() that throws (bad status, a chunk that is not bytes, CR/LF in a header) still gets a 500', async () => {
         const pid = await pidOf(one);
-        for (const path of ['/badstatus', '/badchunk']) {
+        for (const path of ['/badstatus', '/badchunk', '/badheader', '/wideheader']) {
           const r = await get(`${one.url}${path}`);
           assert.equal(r.status, 500, path);
+          assert.equal(r.headers['x-ok'], undefined, path);
         }
         assert.equal((await get(`${one.url}/`)).status, 200);
         assert.equal(await pidOf(one), pid);

@@ -61,6 +61,10 @@ app.get('/badstatus', (req, res) => {
   res.end('never');
 });
 app.get('/badchunk', (req, res) => res.end({ not: 'bytes' }));
+// Header text that would break the frame's rule (no CR, LF, NUL; nothing past
+// U+00FF, which latin-1 would fold into CR/LF): writeHead throws, as setHeader does.
+app.get('/badheader', (req, res) => res.writeHead(200, [['x-ok', '1'], ['x-a', 'a\r\nb']]).end('no'));
+app.get('/wideheader', (req, res) => res.writeHead(200, ['x-a', 'a\u010d\u010ab']).end('no'));
 app.get('/badlength', (req, res) => {
   res.setHeader('content-length', '100');
   res.write('only ten b');
