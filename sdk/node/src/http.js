@@ -111,7 +111,13 @@ function readBody() {
 function destroyRequest(err, cb) {
   if (!this.readableEnded || !this.complete) {
     this.aborted = true;
-    this.emit('aborted');
+    try {
+      this.emit('aborted');
+    } catch (e) {
+      // Thrown inside the stream's _destroy, it would come back as an 'error' event
+      // nobody listens for, and end the worker. The request is already answered.
+      console.error(`ferry-worker: an 'aborted' listener of ${this.method} ${this.url} threw:`, e);
+    }
   }
   // As node:http does: an abort is an 'error' only for those who listen for one.
   cb(err && this.listenerCount('error') > 0 ? err : null);

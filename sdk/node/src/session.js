@@ -90,14 +90,14 @@ export class Exchange {
     if (this.inEnded) return;
     if (this.inQueue === null) this.inQueue = [];
     this.inQueue.push(ownCopy(data));
-    if (this.onBody !== null) this.onBody();
+    if (this.onBody !== null) callApp(this, this.onBody);
   }
 
   endBody(trailers) {
     if (this.inEnded) return;
     this.inEnded = true;
     this.trailers = trailers;
-    if (this.onBody !== null) this.onBody();
+    if (this.onBody !== null) callApp(this, this.onBody);
   }
 
   // ---------------------------------------------------------- response
@@ -234,7 +234,7 @@ export class Exchange {
       }
       if (this.needDrain) {
         this.needDrain = false;
-        if (this.onDrain !== null) this.onDrain();
+        if (this.onDrain !== null) callApp(this, this.onDrain);
       }
     }
   }
@@ -261,9 +261,9 @@ export class Exchange {
     if (this.needDrain && this.onDrain !== null) {
       // Wake a writer waiting for drain: its writes are now no-ops.
       this.needDrain = false;
-      this.onDrain();
+      callApp(this, this.onDrain);
     }
-    if (this.onFinish !== null) this.onFinish(msg.type !== c.REQUEST_FAILED);
+    if (this.onFinish !== null) callApp(this, this.onFinish, msg.type !== c.REQUEST_FAILED);
     session.finished();
     return true;
   }
@@ -273,8 +273,23 @@ export class Exchange {
     this.cancelled = true;
     this.inError = abortError();
     this.finish({ type: c.REQUEST_FAILED, id: this.id, reason: 'cancelled' });
-    if (this.onBody !== null) this.onBody();
-    if (this.onCancel !== null) this.onCancel();
+    if (this.onBody !== null) callApp(this, this.onBody);
+    if (this.onCancel !== null) callApp(this, this.onCancel);
+  }
+}
+
+/**
+ * Runs one of an exchange's callbacks. They reach application code synchronously
+ * (a 'data', 'aborted', 'drain' or 'finish' listener), here inside the handling of
+ * a frame from the master: a listener that throws fails its own request, not the
+ * worker with every other request in flight.
+ */
+function callApp(ex, cb, arg) {
+  try {
+    cb(arg);
+  } catch (e) {
+    console.error(`ferry-worker: a listener of request ${ex.head.method} ${ex.head.target} threw:`, e);
+    ex.finish({ type: c.REQUEST_FAILED, id: ex.id, reason: 'the application raised an exception' });
   }
 }
 

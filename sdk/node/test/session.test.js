@@ -265,6 +265,28 @@ test('a RequestHead over the in-flight limit fails alone; the others are served'
   fm.kill();
 });
 
+test('a listener that throws on a frame from the master fails its own request, not the worker', async () => {
+  const fm = fakeMaster([cli, '--http', path.join(appsDir, 'raw-http.mjs')]);
+  await handshake(fm);
+  fm.send(requestHead(1, 'GET', '/aborted-throws'));
+  fm.send(requestHead(2, 'POST', '/data-throws', { bodyKind: c.BODY_STREAMED }));
+  fm.send({ type: c.PING, nonce: 1n });
+  assert.equal((await fm.next((m) => m.type === c.PONG)).inFlight, 2);
+  fm.send({ type: c.CANCEL, id: 1n });
+  assert.deepEqual(await fm.next((m) => m.id === 1n), { type: c.REQUEST_FAILED, id: 1n, reason: 'cancelled' });
+  fm.send({ type: c.M_BODY_CHUNK, id: 2n, data: Buffer.from('x') });
+  assert.deepEqual(await fm.next((m) => m.id === 2n), {
+    type: c.REQUEST_FAILED,
+    id: 2n,
+    reason: 'the application raised an exception',
+  });
+  fm.send(requestHead(3, 'GET', '/'));
+  assert.equal(text((await fm.next((m) => m.id === 3n)).body), 'ok\n');
+  assert.match(fm.stderr, /listener boom \(aborted\)/);
+  assert.match(fm.stderr, /listener boom \(data\)/);
+  fm.kill();
+});
+
 test('a length prefix over the frame limit ends the worker before buffering it', async () => {
   const fm = worker();
   await handshake(fm, { maxFrameSize: 4096 });
