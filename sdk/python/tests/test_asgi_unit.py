@@ -237,3 +237,57 @@ def test_a_lifespan_task_that_fails_after_startup_is_logged_when_it_fails(caplog
         return logged
     logged = asyncio.run(main())
     assert "the lifespan task failed after startup" in logged and "lost the pool" in logged
+
+
+def kinds(frames):
+    return [t for t, _ in frames]
+
+
+def test_an_exception_after_the_head_went_out_fails_the_request():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise ValueError("halfway")
+    frames = run(app)
+    assert kinds(frames) == [c.RESPONSE_HEAD, c.W_BODY_CHUNK, c.REQUEST_FAILED]
+    assert frames[2][1].reason == "the application raised an exception"
+
+
+def test_an_exception_before_the_head_is_a_500():
+    async def app(scope, receive, send):
+        raise ValueError("at once")
+    frames = run(app)
+    assert kinds(frames) == [c.RESPONSE_HEAD]
+    assert (frames[0][1].status, frames[0][1].body) == (500, (c.INLINE, b"Internal Server Error\n"))
+
+
+def test_an_app_that_returns_without_a_response_gets_a_500():
+    async def app(scope, receive, send):
+        pass
+    frames = run(app)
+    assert kinds(frames) == [c.RESPONSE_HEAD] and frames[0][1].status == 500
+
+
+def test_an_app_that_returns_before_the_end_of_its_response_fails_it():
+    frames = run(app_sending({"type": "http.response.start", "status": 200, "headers": []},
+                             {"type": "http.response.body", "body": b"ab", "more_body": True}))
+    assert kinds(frames) == [c.RESPONSE_HEAD, c.W_BODY_CHUNK, c.REQUEST_FAILED]
+    assert frames[2][1].reason == "the application did not finish the response"
+
+
+def test_a_gathered_small_body_that_runs_past_its_length_fails_the_request():
+    frames = run(app_sending(START, {"type": "http.response.body", "body": b"hel", "more_body": True},
+                             {"type": "http.response.body", "body": b"lo!!", "more_body": True},
+                             {"type": "http.response.body", "body": b""}))
+    assert kinds(frames) == [c.REQUEST_FAILED]
+    assert "ran past its Content-Length 5" in frames[0][1].reason
+
+
+@pytest.mark.parametrize("messages", [
+    [{"type": "http.response.body", "body": b"x"}],                         # before start
+    [START, START],                                                          # start twice
+    [{"type": "http.response.push", "path": "/"}],                           # not ASGI HTTP
+])
+def test_messages_out_of_order_or_unknown_are_a_500(messages):
+    frames = run(app_sending(*messages))
+    assert kinds(frames) == [c.RESPONSE_HEAD] and frames[0][1].status == 500

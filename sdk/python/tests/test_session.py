@@ -307,6 +307,20 @@ def test_an_oversized_frame_ends_the_worker(master):
     assert b"over the limit" in master.proc.stderr.read()
 
 
+def test_an_exception_after_the_head_went_out_fails_the_request_only(master):
+    master.handshake()
+    master.send(GET(1, "/boom-midway"))
+    t, head = master.recv()
+    assert (t, head.status, head.body[0]) == (c.RESPONSE_HEAD, 200, c.STREAMED)
+    t, chunk = master.recv()
+    assert (t, chunk.data) == (c.W_BODY_CHUNK, b"part")
+    t, failed = master.recv()
+    assert (t, failed.id) == (c.REQUEST_FAILED, 1)
+    master.send(GET(2, "/hello"))
+    t, head = master.recv()
+    assert (t, head.id, head.status) == (c.RESPONSE_HEAD, 2, 200)
+
+
 def test_a_head_for_an_id_still_in_flight_ends_the_worker(master):
     # Answering either head would put a second terminal message on that id.
     master.handshake()

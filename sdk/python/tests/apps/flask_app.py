@@ -92,6 +92,14 @@ def boom():
     raise RuntimeError("boom for the test")
 
 
+@app.get("/boom-midway")
+def boom_midway():
+    def gen():
+        yield b"part"
+        raise RuntimeError("boom midway for the test")
+    return Response(gen(), mimetype="application/octet-stream")
+
+
 @app.get("/badlength")
 def badlength():
     mode = request.args["mode"]

@@ -76,6 +76,13 @@ async def boom(request):
     raise RuntimeError("boom for the test")
 
 
+async def boom_midway(request):
+    async def gen():
+        yield b"part"
+        raise RuntimeError("boom midway for the test")
+    return StreamingResponse(gen(), media_type="application/octet-stream")
+
+
 async def badlength(request):
     mode = request.query_params["mode"]
     size, declared = {"long-small": (10, 5), "short-small": (5, 10),
@@ -106,5 +113,5 @@ app = Starlette(lifespan=lifespan, routes=[
     Route("/hello", hello), Route("/pid", pid), Route("/retire", retire),
     Route("/echo", echo, methods=["POST"]), Route("/echo-stream", echo_stream, methods=["POST"]),
     Route("/download", download), Route("/slow", slow), Route("/forever", forever),
-    Route("/boom", boom), Route("/badlength", badlength), Route("/spawn", spawn),
+    Route("/boom", boom), Route("/boom-midway", boom_midway), Route("/badlength", badlength), Route("/spawn", spawn),
 ])
