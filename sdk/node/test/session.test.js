@@ -287,6 +287,42 @@ test('a listener that throws on a frame from the master fails its own request, n
   fm.kill();
 });
 
+test('a response stream that errors after the head went out fails that request only', async () => {
+  const fm = worker();
+  await handshake(fm);
+  fm.send(requestHead(1, 'GET', '/midway'));
+  const head = await fm.next((m) => m.id === 1n);
+  assert.equal(head.bodyKind, c.BODY_STREAMED);
+  const chunk = await fm.next((m) => m.id === 1n);
+  assert.equal(text(chunk.data), 'part');
+  assert.equal((await fm.next((m) => m.id === 1n)).type, c.REQUEST_FAILED);
+  fm.send(requestHead(2, 'GET', '/hello'));
+  assert.equal((await fm.next((m) => m.id === 2n)).status, 200);
+  fm.kill();
+});
+
+test('a streamed body that runs past its Content-Length fails that request before the extra bytes', async () => {
+  const fm = worker();
+  await handshake(fm);
+  fm.send(requestHead(1, 'GET', '/overrun'));
+  const head = await fm.next((m) => m.id === 1n);
+  assert.equal(head.bodyLength, 100000n);
+  let sent = 0;
+  for (;;) {
+    const m = await fm.next((f) => f.id === 1n);
+    if (m.type === c.W_BODY_CHUNK) sent += m.data.length;
+    else {
+      assert.equal(m.type, c.REQUEST_FAILED);
+      assert.match(m.reason, /past/);
+      break;
+    }
+  }
+  assert.ok(sent <= 100000, `${sent} bytes sent of 100000 declared`);
+  fm.send(requestHead(2, 'GET', '/hello'));
+  assert.equal((await fm.next((m) => m.id === 2n)).status, 200);
+  fm.kill();
+});
+
 test('a length prefix over the frame limit ends the worker before buffering it', async () => {
   const fm = worker();
   await handshake(fm, { maxFrameSize: 4096 });

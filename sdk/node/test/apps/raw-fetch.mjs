@@ -45,6 +45,32 @@ export default async function handler(request) {
       for await (const chunk of request.body) own &&= chunk.buffer.byteLength === chunk.length;
       return new Response(String(own));
     }
+    case '/midway':
+      // One chunk, a pause (so the head and the chunk go out), then the stream
+      // errors: the head went out, so the request fails.
+      return new Response(
+        new ReadableStream({
+          async pull(controller) {
+            if (this.sent) {
+              await new Promise((resolve) => setTimeout(resolve, 20));
+              controller.error(new Error('stream broke midway'));
+            } else controller.enqueue(new TextEncoder().encode('part'));
+            this.sent = true;
+          },
+        }),
+      );
+    case '/overrun':
+      // Streamed bytes past the declared Content-Length.
+      return new Response(
+        new ReadableStream({
+          start(controller) {
+            controller.enqueue(new Uint8Array(70000).fill(1));
+            controller.enqueue(new Uint8Array(70000).fill(2));
+            controller.close();
+          },
+        }),
+        { headers: { 'content-length': '100000' } },
+      );
     case '/lenzero':
       return new Response(null, { headers: { 'content-length': '5' } });
     case '/cloexec': {
