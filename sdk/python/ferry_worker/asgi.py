@@ -19,7 +19,7 @@ import sys
 import traceback
 from urllib.parse import unquote
 
-from . import loader
+from . import channel, loader
 from .aio import AsyncSession
 from .codec import EMPTY, INLINE
 from .session import INLINE_MAX, RequestGone
@@ -137,12 +137,12 @@ class ASGIServer:
                                     initial_window=initial_window,
                                     on_drained=self.lifespan.shutdown if self.lifespan else None)
 
-    async def serve(self):
+    async def serve(self, sock=None):
         if self.lifespan is not None:
             await self.lifespan.startup()
             if self.lifespan_required and not self.lifespan.supported:
                 raise RuntimeError("--lifespan on, but the application does not support it")
-        await self.session.serve()
+        await self.session.serve(sock)
 
     def scope(self, ex):
         # The hottest lines of the adapter after the app itself (a tenth of the
@@ -382,12 +382,17 @@ def main(argv=None):
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
     app = loader.load_or_exit(args.app, "asgi")        # before the handshake, on purpose
+    try:
+        sock = channel.from_env()                       # before the app's startup runs
+    except channel.NotAWorker as e:
+        sys.stderr.write("ferry_worker.asgi: %s\n" % e)
+        raise SystemExit(1)
     server = ASGIServer(app, max_in_flight=args.max_in_flight,
                         initial_window=args.initial_window, lifespan=args.lifespan)
     loop = _new_loop(args.loop)
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(server.serve())
+        loop.run_until_complete(server.serve(sock))
     except RuntimeError as e:
         if "lifespan" in str(e):
             sys.stderr.write("ferry_worker.asgi: %s\n" % e)

@@ -401,7 +401,7 @@ class Session:
         while not frames:
             data = sock.recv(READ_SIZE)
             if not data:
-                raise ConnectionError("the master closed the channel during the handshake")
+                channel.master_gone()           # as after the handshake (SPEC 10)
             try:
                 frames = splitter.feed(data)
             except ProtocolError as e:

@@ -16,7 +16,7 @@ import sys
 import traceback
 from urllib.parse import unquote_to_bytes
 
-from . import loader
+from . import channel, loader
 from .codec import EMPTY, INLINE
 from .session import INLINE_MAX, RequestGone, Session
 
@@ -164,8 +164,8 @@ class WSGIServer:
         # the names clients send; cleared if it ever grows large.
         self._keys = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
 
-    def serve(self):
-        self.session.run()
+    def serve(self, sock=None):
+        self.session.run(sock)
 
     # ------------------------------------------------------------ environ
 
@@ -392,7 +392,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
     app = loader.load_or_exit(args.app, "wsgi")        # before the handshake, on purpose
-    WSGIServer(app, threads=args.threads, initial_window=args.initial_window).serve()
+    try:
+        sock = channel.from_env()
+    except channel.NotAWorker as e:
+        sys.stderr.write("ferry_worker.wsgi: %s\n" % e)
+        raise SystemExit(1)
+    WSGIServer(app, threads=args.threads, initial_window=args.initial_window).serve(sock)
 
 
 if __name__ == "__main__":

@@ -344,6 +344,72 @@ def test_a_head_over_the_limit_fails_alone_and_the_others_finish(master):
     assert (t, head.id, head.status) == (c.RESPONSE_HEAD, 5, 200)
 
 
+def test_eof_during_the_handshake_kills_the_group(master):
+    t, _ = master.recv()
+    assert t == c.HELLO
+    master.sock.close()
+    assert master.proc.wait(10) == -9
+
+
+@pytest.mark.parametrize("first, says", [
+    (c.encode_ping(5), b"expected Welcome from the master, got type 0x87"),
+    (c.encode_welcome(protocol_version=2), b"protocol version mismatch: ours 1, the master's 2"),
+    (c.encode_welcome()[:-3] + b"", None),          # cut short: waits for the rest
+])
+def test_a_bad_handshake_ends_the_worker_with_what_was_wrong(master, first, says):
+    assert master.recv()[0] == c.HELLO
+    if says is None:
+        # A Welcome frame whose length prefix promises more than arrives: then EOF.
+        master.sock.sendall(first)
+        master.quiet()
+        master.sock.close()
+        assert master.proc.wait(10) == -9
+        return
+    master.send(first)
+    assert master.recv() is None
+    assert master.proc.wait(10) == 70
+    assert says in master.proc.stderr.read()
+
+
+@pytest.mark.parametrize("frame, says", [
+    (b"\x00\x00\x00\x03\x82\x00\x00", b"bad frame from the master"),   # a chunk cut in its id
+    (b"\x00\x00\x00\x01\x01", b"0x01 is not a master message type"),
+])
+def test_a_frame_the_session_itself_refuses_ends_the_worker(master, frame, says):
+    master.handshake()
+    master.send(frame)
+    assert master.recv() is None
+    assert master.proc.wait(10) == 70
+    assert says in master.proc.stderr.read()
+
+
+def test_a_second_welcome_is_ignored(master):
+    master.handshake()
+    master.send(c.encode_welcome(), GET(1, "/hello"))
+    t, head = master.recv()
+    assert (t, head.id, head.status) == (c.RESPONSE_HEAD, 1, 200)
+    master.kill()
+    assert b"ignoring a second Welcome" in master.proc.stderr.read()
+
+
+@pytest.mark.parametrize("module", ["ferry_worker.wsgi", "ferry_worker.asgi"])
+@pytest.mark.parametrize("fd, says", [
+    (None, b"FERRY_FD is not set"),
+    ("three", b"is not a descriptor number"),
+    ("0", b"is not a socket"),
+])
+def test_outside_ferry_the_worker_says_how_to_run_it(module, fd, says):
+    env = dict(os.environ)
+    env.pop("FERRY_FD", None)
+    if fd is not None:
+        env["FERRY_FD"] = fd
+    app = "flask_app:app" if module.endswith("wsgi") else "starlette_app:app"
+    p = subprocess.run([PY, "-m", module, app], env=env, cwd=APPS, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=30)
+    assert p.returncode == 1
+    assert says in p.stderr and b"Traceback" not in p.stderr
+
+
 @pytest.mark.parametrize("module", ["ferry_worker.wsgi", "ferry_worker.asgi"])
 def test_an_app_that_does_not_import_exits_before_the_handshake(module, tmp_path):
     m = FakeMaster([PY, "-m", module, "no_such_module_here:app"], str(tmp_path))
