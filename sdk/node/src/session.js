@@ -148,7 +148,9 @@ export class Exchange {
     try {
       this.session.writer.frame(msg);
     } catch (e) {
-      this.fail(`the response head could not be sent: ${e.message}`);
+      // Nothing went out yet: a 500, as for any other application fault.
+      console.error(`ferry-worker: response ${this.id} could not be sent: ${e.message}`);
+      this.error(e.message);
       return;
     }
     this.state = STREAMING;
@@ -254,9 +256,14 @@ export class Exchange {
     try {
       session.writer.frame(msg);
     } catch (e) {
-      // A head too large for a frame: the request still needs its terminal message.
+      // Too large for a frame (a head's headers, trailers): the request still needs
+      // its terminal message; a 500 if no head went out, as for any application fault.
       console.error(`ferry-worker: response ${this.id} could not be sent: ${e.message}`);
-      session.writer.frame({ type: c.REQUEST_FAILED, id: this.id, reason: 'the response head exceeds the frame size' });
+      session.writer.frame(
+        msg.type === c.RESPONSE_HEAD
+          ? textResponse(this.id, 500, 'Internal Server Error\n')
+          : { type: c.REQUEST_FAILED, id: this.id, reason: 'the response exceeds the frame size' },
+      );
     }
     if (this.needDrain && this.onDrain !== null) {
       // Wake a writer waiting for drain: its writes are now no-ops.

@@ -323,6 +323,27 @@ test('a streamed body that runs past its Content-Length fails that request befor
   fm.kill();
 });
 
+test('a response head too big for a frame is a 500 and the worker serves on', async () => {
+  const fm = worker();
+  await handshake(fm, { maxFrameSize: 4096 });
+  fm.send(requestHead(1, 'GET', '/bigheader?n=3000'));
+  const ok = await fm.next((m) => m.id === 1n);
+  assert.equal(ok.status, 200);
+  let id = 2n;
+  for (const path of ['/bigheader?n=8000', '/bigstream?n=8000']) {
+    fm.send(requestHead(id, 'GET', path));
+    const head = await fm.next((m) => m.id === id);
+    assert.deepEqual([head.type, head.status], [c.RESPONSE_HEAD, 500], path);
+    id++;
+  }
+  fm.send(requestHead(id, 'GET', '/hello'));
+  assert.equal((await fm.next((m) => m.id === id)).status, 200);
+  fm.send({ type: c.PING, nonce: 1n });
+  await fm.next((m) => m.type === c.PONG);
+  assert.deepEqual(fm.frames, [], 'nothing more for the failed requests');
+  fm.kill();
+});
+
 test('a length prefix over the frame limit ends the worker before buffering it', async () => {
   const fm = worker();
   await handshake(fm, { maxFrameSize: 4096 });

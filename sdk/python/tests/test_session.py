@@ -321,6 +321,21 @@ def test_an_exception_after_the_head_went_out_fails_the_request_only(master):
     assert (t, head.id, head.status) == (c.RESPONSE_HEAD, 2, 200)
 
 
+def test_a_response_head_too_big_for_a_frame_is_a_500_and_the_worker_serves_on(master):
+    master.recv()
+    master.send(c.encode_welcome(0, 4096, 64, c.DEFAULT_INITIAL_WINDOW))
+    master.send(GET(1, "/bigheader?n=3000"))            # fits in 4096
+    t, head = master.recv()
+    assert (t, head.status) == (c.RESPONSE_HEAD, 200)
+    assert dict(head.headers)[b"x-big"] == b"b" * 3000
+    master.send(GET(2, "/bigheader?n=8000"))            # does not
+    t, head = master.recv()
+    assert (t, head.id, head.status) == (c.RESPONSE_HEAD, 2, 500)
+    master.send(GET(3, "/hello"))
+    t, head = master.recv()
+    assert (t, head.id, head.status) == (c.RESPONSE_HEAD, 3, 200)
+
+
 def test_a_head_for_an_id_still_in_flight_ends_the_worker(master):
     # Answering either head would put a second terminal message on that id.
     master.handshake()

@@ -71,6 +71,20 @@ export default async function handler(request) {
         }),
         { headers: { 'content-length': '100000' } },
       );
+    case '/bigheader':
+      return new Response('small body', { headers: { 'x-big': 'b'.repeat(Number(url.searchParams.get('n'))) } });
+    case '/bigstream':
+      // The same, with a streamed body (the head goes out on its own).
+      return new Response(
+        new ReadableStream({
+          async pull(controller) {
+            await new Promise((resolve) => setTimeout(resolve, 5));
+            controller.enqueue(new TextEncoder().encode('x'));
+            controller.close();
+          },
+        }),
+        { headers: { 'x-big': 'b'.repeat(Number(url.searchParams.get('n'))) } },
+      );
     case '/lenzero':
       return new Response(null, { headers: { 'content-length': '5' } });
     case '/cloexec': {

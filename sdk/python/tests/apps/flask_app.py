@@ -92,6 +92,11 @@ def boom():
     raise RuntimeError("boom for the test")
 
 
+@app.get("/bigheader")
+def bigheader():
+    return Response("small body", headers={"x-big": "b" * int(request.args["n"])})
+
+
 @app.get("/boom-midway")
 def boom_midway():
     def gen():

@@ -76,6 +76,10 @@ async def boom(request):
     raise RuntimeError("boom for the test")
 
 
+async def bigheader(request):
+    return PlainTextResponse("small body", headers={"x-big": "b" * int(request.query_params["n"])})
+
+
 async def boom_midway(request):
     async def gen():
         yield b"part"
@@ -113,5 +117,5 @@ app = Starlette(lifespan=lifespan, routes=[
     Route("/hello", hello), Route("/pid", pid), Route("/retire", retire),
     Route("/echo", echo, methods=["POST"]), Route("/echo-stream", echo_stream, methods=["POST"]),
     Route("/download", download), Route("/slow", slow), Route("/forever", forever),
-    Route("/boom", boom), Route("/boom-midway", boom_midway), Route("/badlength", badlength), Route("/spawn", spawn),
+    Route("/boom", boom), Route("/boom-midway", boom_midway), Route("/bigheader", bigheader), Route("/badlength", badlength), Route("/spawn", spawn),
 ])
