@@ -247,7 +247,8 @@ class WSGIServer:
                     exc_info = None
             elif resp.status is not None:
                 raise AssertionError("start_response called twice without exc_info")
-            code = int(status[:3])
+            # PEP 3333: three digits, a space, the reason ("200 OK").
+            code = int(status[:3]) if status[3:4] in (" ", "") else 0
             if not 100 <= code <= 999:
                 raise ValueError("invalid status %r" % status)
             # The pairs go to the codec as they are: it encodes (latin-1), lowercases

@@ -336,6 +336,42 @@ def test_a_response_head_too_big_for_a_frame_is_a_500_and_the_worker_serves_on(m
     assert (t, head.id, head.status) == (c.RESPONSE_HEAD, 3, 200)
 
 
+@pytest.mark.parametrize("path, status", [
+    ("/twice", 500), ("/badstatus", 500), ("/badlength", 500), ("/nostart", 500),
+    ("/replace", 503),
+])
+def test_wsgi_misuse_costs_that_request_only(path, status, tmp_path):
+    m = FakeMaster([PY, "-m", "ferry_worker.wsgi", "raw_wsgi:app", "--threads", "2"], str(tmp_path))
+    try:
+        m.handshake()
+        m.send(GET(1, path))
+        t, head = m.recv()
+        assert (t, head.id, head.status) == (c.RESPONSE_HEAD, 1, status)
+        if status == 503:
+            assert head.body == (c.INLINE, b"try later")
+            assert (b"x-first", b"1") not in head.headers
+        m.send(GET(2, "/"))
+        t, head = m.recv()
+        assert (t, head.id, head.status, head.body) == (c.RESPONSE_HEAD, 2, 200, (c.INLINE, b"ok"))
+    finally:
+        m.kill()
+
+
+def test_wsgi_exc_info_after_the_body_started_fails_the_request(tmp_path):
+    m = FakeMaster([PY, "-m", "ferry_worker.wsgi", "raw_wsgi:app"], str(tmp_path))
+    try:
+        m.handshake()
+        m.send(GET(1, "/after"))
+        assert m.recv()[0] == c.RESPONSE_HEAD
+        t, chunk = m.recv()
+        assert (t, chunk.data) == (c.W_BODY_CHUNK, b"part")
+        t, failed = m.recv()
+        assert (t, failed.reason) == (c.REQUEST_FAILED, "the application raised an exception")
+    finally:
+        m.kill()
+    assert b"KeyError: 'too late'" in m.proc.stderr.read()
+
+
 def test_a_head_for_an_id_still_in_flight_ends_the_worker(master):
     # Answering either head would put a second terminal message on that id.
     master.handshake()
