@@ -156,6 +156,25 @@ test('Cancel aborts request.signal and is confirmed; late frames for the id are 
   fm.kill();
 });
 
+test('Cancel while the handler reads the request body ends its read; nothing more is sent', async () => {
+  const fm = worker();
+  await handshake(fm);
+  fm.send(requestHead(1, 'POST', '/count', { bodyKind: c.BODY_STREAMED }));
+  fm.send({ type: c.M_BODY_CHUNK, id: 1n, data: Buffer.alloc(1000, 1) });
+  fm.send({ type: c.PING, nonce: 1n });
+  assert.equal((await fm.next((m) => m.type === c.PONG)).inFlight, 1);
+  fm.send({ type: c.CANCEL, id: 1n });
+  assert.deepEqual(await fm.next((m) => m.id === 1n), { type: c.REQUEST_FAILED, id: 1n, reason: 'cancelled' });
+  fm.send({ type: c.M_BODY_CHUNK, id: 1n, data: Buffer.alloc(10, 1) });
+  fm.send(requestHead(2, 'GET', '/hello'));
+  assert.equal((await fm.next((m) => m.id === 2n)).status, 200);
+  fm.send({ type: c.PING, nonce: 2n });
+  assert.equal((await fm.next((m) => m.type === c.PONG)).inFlight, 0);
+  assert.deepEqual(fm.frames, [], 'nothing more for request 1');
+  assert.doesNotMatch(fm.stderr, /handler failed/, 'an abort after Cancel is not an error');
+  fm.kill();
+});
+
 test('Cancel during a streamed response cancels the response stream', async () => {
   const fm = worker();
   await handshake(fm);
