@@ -505,89 +505,24 @@ async fn kill_9_of_the_master_leaves_no_child_or_grandchild() {
 #[test]
 fn worker_whose_master_vanishes_takes_its_group_down_on_eof() {
     use ferry_protocol::*;
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::os::unix::process::ExitStatusExt;
 
-    let (mut master, child_end) = std::os::unix::net::UnixStream::pair().unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&child_end);
-    let mut cmd = std::process::Command::new(testbed());
-    cmd.env("FERRY_FD", "3")
-        .env("RUST_LOG", "info")
-        .process_group(0)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 clears close-on-exec on the copy, unless the two numbers are equal.
-            if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0);
-            } else if libc::dup2(fd, 3) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut worker = KillOnDrop(cmd.spawn().unwrap());
-    drop(child_end);
-    drop(worker.0.stderr.take()); // the worker's next log line meets a broken pipe
-
-    let max = 1 << 20;
-    let mut buf = bytes::BytesMut::new();
-    let mut recv = |master: &mut std::os::unix::net::UnixStream| loop {
-        if let Some(payload) = frame::split_frame(&mut buf, max).unwrap() {
-            return frame::decode_worker(payload).unwrap();
-        }
-        let mut chunk = [0u8; 4096];
-        let n = std::io::Read::read(master, &mut chunk).unwrap();
-        assert!(n > 0, "the worker closed the channel");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let send = |master: &mut std::os::unix::net::UnixStream, msg: MasterMsg| {
-        let mut out = bytes::BytesMut::new();
-        frame::encode_master(&msg, &mut out, max).unwrap();
-        std::io::Write::write_all(master, &out).unwrap();
-    };
-    assert!(matches!(recv(&mut master), WorkerMsg::Hello(_)));
-    send(
-        &mut master,
-        MasterMsg::Welcome(Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            worker_index: 0,
-            max_frame_size: max as u32,
-            max_in_flight: 8,
-            initial_window: 1 << 20,
-        }),
-    );
-    send(
-        &mut master,
-        MasterMsg::RequestHead(RequestHead {
-            id: 1,
-            method: "GET".into(),
-            target: "/spawn".into(),
-            version: HttpVersion::Http11,
-            headers: vec![Header::new("host", "x")],
-            peer: "127.0.0.1:1".into(),
-            body: BodyKind::Empty,
-        }),
-    );
-    let grandchild: u32 = match recv(&mut master) {
-        WorkerMsg::ResponseHead(ResponseHead {
+    // stderr closed: the worker's next log line meets a broken pipe.
+    let mut m = harness::hand::HandMaster::spawn(&testbed(), &[], false);
+    m.handshake(8);
+    m.get(1, "/spawn");
+    let grandchild: u32 = match m.recv() {
+        Some(WorkerMsg::ResponseHead(ResponseHead {
             status: 200,
             body: BodyKind::Inline(pid),
             ..
-        }) => std::str::from_utf8(&pid).unwrap().trim().parse().unwrap(),
+        })) => std::str::from_utf8(&pid).unwrap().trim().parse().unwrap(),
         other => panic!("expected /spawn's answer, got {other:?}"),
     };
     assert!(alive(grandchild));
 
-    drop(master);
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = worker.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the worker outlived its channel");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    drop(m.channel.take());
+    let status = m.wait_exit(WAIT);
     assert_eq!(
         status.signal(),
         Some(libc::SIGKILL),
@@ -599,13 +534,45 @@ fn worker_whose_master_vanishes_takes_its_group_down_on_eof() {
     );
 }
 
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Answering a second head for an id in flight would put two terminal messages on
+/// that id (the master kills a worker for that): the Rust SDK ends the session at
+/// once instead, and says why.
+#[test]
+fn a_request_head_for_an_id_in_flight_ends_the_rust_worker() {
+    let mut m = harness::hand::HandMaster::spawn(&testbed(), &[], true);
+    m.handshake(8);
+    m.get(1, "/sleep?ms=5000");
+    m.get(1, "/");
+    if let Some(msg) = m.recv() {
+        panic!("nothing may answer request 1, got {msg:?}");
     }
+    assert!(!m.wait_exit(WAIT).success());
+    let err = m.stderr();
+    assert!(
+        err.contains("a RequestHead for request 1, still in flight"),
+        "{err}"
+    );
+}
+
+/// Over the in-flight limit: that request alone fails; the worker serves on.
+#[test]
+fn a_request_head_over_the_limit_fails_alone_in_the_rust_worker() {
+    use ferry_protocol::*;
+
+    let mut m = harness::hand::HandMaster::spawn(&testbed(), &[], true);
+    m.handshake(1);
+    m.get(1, "/sleep?ms=300");
+    m.get(2, "/");
+    match m.recv() {
+        Some(WorkerMsg::Failed(f)) => {
+            assert_eq!(f.id, 2);
+            assert!(f.reason.contains("in-flight limit"), "{}", f.reason);
+        }
+        other => panic!("expected request 2 to fail, got {other:?}"),
+    }
+    assert!(matches!(m.recv(), Some(WorkerMsg::ResponseHead(h)) if h.id == 1 && h.status == 200));
+    m.get(3, "/");
+    assert!(matches!(m.recv(), Some(WorkerMsg::ResponseHead(h)) if h.id == 3 && h.status == 200));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,8 @@
 //! process on drop.
 #![allow(dead_code)]
 
+pub mod hand;
+
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};

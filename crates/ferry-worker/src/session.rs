@@ -151,7 +151,10 @@ where
             MasterMsg::RequestHead(head) if retired.is_some_and(|last| head.id > last) => {}
             MasterMsg::RequestHead(head) => {
                 last_id = head.id;
-                start_request(head, &svc, &outbox, &limits)
+                if let Err(e) = start_request(head, &svc, &outbox, &limits) {
+                    abort_all(&shared);
+                    return Err(e);
+                }
             }
             MasterMsg::BodyChunk(c) => {
                 if let Some(tx) = shared
@@ -249,7 +252,13 @@ fn abort_all(shared: &Shared) {
     }
 }
 
-fn start_request<S, B>(mut head: RequestHead, svc: &S, outbox: &Outbox, limits: &Limits)
+/// Starts one request. An error is fatal to the session (a protocol violation).
+fn start_request<S, B>(
+    mut head: RequestHead,
+    svc: &S,
+    outbox: &Outbox,
+    limits: &Limits,
+) -> io::Result<()>
 where
     S: tower_service::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -272,17 +281,21 @@ where
     };
     {
         let mut table = outbox.0.requests.lock().unwrap();
-        if table.contains_key(&id) || table.len() >= limits.max_in_flight {
+        if table.contains_key(&id) {
+            // Its handler will answer that id: any answer to this head would be a
+            // second terminal message (SPEC.md 6 lets a worker treat it as fatal).
+            return Err(invalid(format!(
+                "bad frame from the master: a RequestHead for request {id}, still in flight"
+            )));
+        }
+        if table.len() >= limits.max_in_flight {
             drop(table);
-            tracing::error!(
-                id,
-                "the master sent a request over the announced limit or with an id in use"
-            );
+            tracing::error!(id, "the master sent a request over the announced limit");
             outbox.send(WorkerMsg::Failed(RequestFailed {
                 id,
                 reason: "worker over its in-flight limit".into(),
             }));
-            return;
+            return Ok(());
         }
         table.insert(
             id,
@@ -298,7 +311,7 @@ where
         Ok(r) => r,
         Err(reason) => {
             outbox.finish(id, inline_response(id, 400, reason));
-            return;
+            return Ok(());
         }
     };
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
@@ -337,12 +350,13 @@ where
     // first thing, and that poll registers the task's own waker.
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     if limits.poll_inline && handling.as_mut().poll(&mut cx).is_ready() {
-        return;
+        return Ok(());
     }
     let task = tokio::spawn(handling);
     if let Some(a) = outbox.0.requests.lock().unwrap().get_mut(&id) {
         a.abort = Some(task.abort_handle());
     }
+    Ok(())
 }
 
 fn build_request(head: RequestHead, body: Body) -> Result<Request<Body>, &'static str> {
