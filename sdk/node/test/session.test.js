@@ -378,6 +378,44 @@ test('a Welcome of another protocol version ends the worker', async () => {
   assert.match(fm.stderr, /protocol version mismatch: ours 1, the master's 2/);
 });
 
+for (const [fd, says] of [
+  ['three', /FERRY_FD="three" is not a descriptor number/],
+  ['0', /FERRY_FD=0 is not the channel socket/],
+]) {
+  test(`FERRY_FD=${fd}: the worker says what is wrong and exits 1`, async () => {
+    const fm = fakeMaster([cli, app], { env: { FERRY_FD: fd } });
+    assert.equal((await fm.exit).code, 1);
+    assert.match(fm.stderr, says);
+  });
+}
+
+for (const [args, code, says] of [
+  [[], 2, /usage: ferry-node/],
+  [['--max-in-flight', 'lots', 'x.mjs'], 2, /usage: ferry-node/],
+  [[path.join(appsDir, 'broken.mjs'), 'extra'], 2, /usage: ferry-node/],
+]) {
+  test(`ferry-node ${args.join(' ') || '(no module)'}: usage, exit ${code}`, async () => {
+    const fm = fakeMaster([cli, ...args]);
+    assert.equal((await fm.exit).code, code);
+    assert.match(fm.stderr, says);
+  });
+}
+
+test('a module that exports nothing servable is a start failure that says so', async () => {
+  const fm = fakeMaster([cli, path.join(appsDir, 'exports-nothing.mjs')]);
+  assert.equal((await fm.exit).code, 1);
+  assert.match(fm.stderr, /exports no default, fetch, app or handler/);
+});
+
+test('a first frame that is not Welcome ends the worker', async () => {
+  const fm = worker();
+  const hello = await fm.next((m) => m.type === c.HELLO);
+  assert.equal(hello.type, c.HELLO);
+  fm.send({ type: c.PING, nonce: 1n });
+  assert.equal((await fm.exit).code, 1);
+  assert.match(fm.stderr, /expected Welcome from the master, got message type 0x87/);
+});
+
 test('outside ferry (no FERRY_FD) the worker says how to run it', async () => {
   const fm = fakeMaster([cli, app], { env: { FERRY_FD: '' } });
   const exit = await fm.exit;
