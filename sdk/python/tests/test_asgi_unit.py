@@ -83,22 +83,29 @@ class Transport:
         return False
 
 
-def run(app, method="GET"):
-    """Serves one request with ``app`` and returns the frames it wrote, decoded."""
+def serve(app, *steps):
+    """Runs ``app`` on a session over a fake transport, feeding it each step's frames
+    (bytes) with a few passes of the loop after each, and returns the frames it wrote
+    after Hello, decoded."""
     async def main():
-        server = ASGIServer(app, lifespan="off")
-        s = server.session
+        s = ASGIServer(app, lifespan="off").session
         s.loop = asyncio.get_running_loop()
         s._finished = s.loop.create_future()
         t = Transport()
         s.connection_made(t)
         s.data_received(c.encode_welcome(0, c.DEFAULT_MAX_FRAME_SIZE, 64, 1 << 20))
-        s.data_received(c.encode_request_head(7, method, "/", 2, [], "127.0.0.1:1"))
-        for _ in range(20):
-            await asyncio.sleep(0)
-        out = c.FrameSplitter().feed(b"".join(t.out[1:]))      # after Hello
+        for frames in steps:
+            s.data_received(frames)
+            for _ in range(20):
+                await asyncio.sleep(0)
+        out = c.FrameSplitter().feed(b"".join(t.out[1:]))
         return [c.decode_worker(bytes(b[s:e])) for b, s, e in out]
     return asyncio.run(main())
+
+
+def run(app, method="GET"):
+    """Serves one request with ``app`` and returns the frames it wrote, decoded."""
+    return serve(app, c.encode_request_head(7, method, "/", 2, [], "127.0.0.1:1"))
 
 
 def app_sending(*messages):
@@ -154,26 +161,10 @@ def test_a_cancel_while_the_app_waits_for_the_body_is_http_disconnect():
         events.append(await receive())
         events.append(await receive())
 
-    async def main():
-        server = ASGIServer(app, lifespan="off")
-        s = server.session
-        s.loop = asyncio.get_running_loop()
-        s._finished = s.loop.create_future()
-        t = Transport()
-        s.connection_made(t)
-        s.data_received(c.encode_welcome(0, c.DEFAULT_MAX_FRAME_SIZE, 64, 1 << 20))
-        s.data_received(c.encode_request_head(3, "POST", "/", 2, [], "127.0.0.1:1",
-                                              (c.STREAMED, None)))
-        s.data_received(c.encode_body_chunk(3, b"part", worker=False))
-        for _ in range(5):
-            await asyncio.sleep(0)
-        s.data_received(c.encode_cancel(3))
-        for _ in range(5):
-            await asyncio.sleep(0)
-        out = c.FrameSplitter().feed(b"".join(t.out[1:]))
-        return [c.decode_worker(bytes(b[s:e])) for b, s, e in out]
-
-    frames = asyncio.run(main())
+    frames = serve(app,
+                   c.encode_request_head(3, "POST", "/", 2, [], "127.0.0.1:1", (c.STREAMED, None))
+                   + c.encode_body_chunk(3, b"part", worker=False),
+                   c.encode_cancel(3))
     assert events == [{"type": "http.request", "body": b"part", "more_body": True},
                       {"type": "http.disconnect"}]
     assert [(t, m.id, m.reason) for t, m in frames] == [(c.REQUEST_FAILED, 3, "cancelled")]
