@@ -155,11 +155,8 @@ class ASGIServer:
             query_string = query.encode("latin-1") if query.isascii() else query.encode("utf-8")
         else:
             raw, query_string = target, b""
-        if raw.isascii():
-            raw_path = raw.encode("ascii")
-            path = unquote(raw) if "%" in raw else raw
-        else:
-            raw_path, path = raw.encode("utf-8"), unquote(raw)
+        path = unquote(raw) if "%" in raw else raw
+        raw_path = raw.encode("ascii") if raw.isascii() else raw.encode("utf-8")
         peer = ex.peer
         client = _clients.get(peer, _UNSEEN)
         if client is _UNSEEN:
