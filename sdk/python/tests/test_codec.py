@@ -139,3 +139,70 @@ def test_every_truncation_of_every_vector_is_refused():
                 continue                # the short form: last_id is optional
             with pytest.raises(c.ProtocolError):
                 decode(payload[:n])
+
+
+# decode_request_head has a fast path (every field shorter than codec._SMALL bytes) and
+# a plain one (_decode_request_head) for the rest: they must agree on every head, and
+# the fast path must hand every malformed head to the plain one's errors.
+
+def _random_head(rng):
+    def text(limit):
+        return "".join(rng.choice("abcz/%?=é") for _ in range(rng.randrange(limit)))
+
+    def raw(limit):
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(limit)))
+
+    big = c._SMALL + 8
+    limit = rng.choice((4, 40, big))
+    headers = [(raw(limit).lower() or b"x", raw(limit)) for _ in range(rng.randrange(12))]
+    body = rng.choice([(c.EMPTY, None), (c.INLINE, raw(limit)), (c.STREAMED, None),
+                       (c.STREAMED, rng.randrange(1 << 40))])
+    return c.RequestHead(rng.randrange(1 << 64), text(12) or "GET", text(limit) or "/",
+                         rng.randrange(5), headers, text(limit) or "p", body)
+
+
+def _outcome(decode, payload):
+    try:
+        return decode(payload, 1, len(payload))
+    except c.ProtocolError:
+        return "refused"
+
+
+def test_request_head_fast_and_plain_decoders_agree():
+    import random
+    rng = random.Random(7)
+    fast_taken = 0
+    for _ in range(400):
+        head = _random_head(rng)
+        payload = c.encode(head, worker=False)[4:]
+        assert c.decode_request_head(payload, 1, len(payload)) == head
+        assert c._decode_request_head(payload, 1, len(payload)) == head
+        fast_taken += all(len(f) < c._SMALL for f in
+                          [head.method.encode(), head.target.encode(), head.peer.encode()]
+                          + [x for h in head.headers for x in h])
+        # Inside a larger buffer (as frames arrive: the next frame follows), and as a
+        # memoryview.
+        framed = b"\x00" + payload + bytes(64)
+        assert c.decode_request_head(framed, 2, 1 + len(payload)) == head
+        assert c.decode_request_head(memoryview(framed), 2, 1 + len(payload)) == head
+        # Any byte changed, any truncation: the same answer from both, or a refusal.
+        for _ in range(20):
+            i = rng.randrange(1, len(payload))
+            bad = bytearray(payload)
+            bad[i] = rng.randrange(256)
+            bad = bytes(bad)
+            assert _outcome(c.decode_request_head, bad) == _outcome(c._decode_request_head, bad)
+            cut = payload[:rng.randrange(1, len(payload))]
+            assert _outcome(c.decode_request_head, cut) == "refused"
+    assert 50 < fast_taken < 350                    # both paths were exercised
+
+
+def test_request_head_with_long_fields_round_trips():
+    long = "/" + "a" * (3 * c._SMALL)
+    head = c.RequestHead(9, "PATCH", long, 2, [(b"cookie", b"c" * 5000), (b"x", b"")],
+                         "[::1]:1", (c.INLINE, b"body"))
+    payload = c.encode(head, worker=False)[4:]
+    assert c.decode_request_head(payload, 1, len(payload)) == head
+    for n in range(len(payload)):
+        with pytest.raises(c.ProtocolError):
+            c.decode_request_head(payload[:n], 1, n)
