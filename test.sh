@@ -24,4 +24,25 @@ cargo test --workspace
 cargo build --quiet -p ferry
 export FERRY_BIN="$PWD/target/debug/ferry"
 bash sdk/python/run-tests.sh
+# The Python package promises 3.9 and later, and on 3.12 and later runs handlers as
+# eager tasks: where such interpreters are installed (on PATH or under pyenv), the same
+# tests run on 3.9 and on the newest of 3.13 and 3.12 too, each in a venv of its own.
+python_for() {
+    local p
+    for p in "python$1" "${PYENV_ROOT:-$HOME/.pyenv}/versions/$1".*/bin/"python$1"; do
+        if "$p" -c '' >/dev/null 2>&1; then echo "$p"; return; fi
+    done
+}
+for versions in 3.9 "3.13 3.12"; do
+    py=""
+    for v in $versions; do
+        py=$(python_for "$v")
+        if [ -n "$py" ]; then break; fi
+    done
+    if [ -n "$py" ]; then
+        FERRY_PY_VENV="$PWD/sdk/python/.venv$v" PYTHON="$py" bash sdk/python/run-tests.sh
+    else
+        echo "test.sh: no Python ${versions// / or } found: the Python SDK is not tested on it here" >&2
+    fi
+done
 bash sdk/node/run-tests.sh

@@ -66,8 +66,8 @@ class Lifespan:
         self.app = app
         self.state = {}
         self.supported = True
-        self._inbox = asyncio.Queue()
-        self._startup = None
+        self._inbox = None          # made on the loop: Python 3.9's Queue binds to the
+        self._startup = None        # loop current when it is made, not when first used
         self._shutdown = None
         self._task = None
         self._stopping = False
@@ -75,6 +75,7 @@ class Lifespan:
     async def startup(self):
         loop = asyncio.get_running_loop()
         self._startup, self._shutdown = loop.create_future(), loop.create_future()
+        self._inbox = asyncio.Queue()
         self._task = loop.create_task(self._main())
         await self._inbox.put({"type": "lifespan.startup"})
         ok, message = await self._startup
