@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from ferry_worker import asgi
+from ferry_worker import aio, asgi
 from ferry_worker import codec as c
 from ferry_worker.aio import AsyncExchange
 from ferry_worker.asgi import ASGIServer, Lifespan
@@ -83,13 +83,15 @@ class Transport:
         return False
 
 
-def serve(app, *steps):
+def serve(app, *steps, on_loop=None):
     """Runs ``app`` on a session over a fake transport, feeding it each step's frames
     (bytes) with a few passes of the loop after each, and returns the frames it wrote
-    after Hello, decoded."""
+    after Hello, decoded. ``on_loop(loop)`` runs before the session starts."""
     async def main():
         s = ASGIServer(app, lifespan="off").session
         s.loop = asyncio.get_running_loop()
+        if on_loop is not None:
+            on_loop(s.loop)
         s._finished = s.loop.create_future()
         t = Transport()
         s.connection_made(t)
@@ -116,6 +118,36 @@ def app_sending(*messages):
 
 
 START = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
+
+
+def test_each_request_runs_in_a_task_of_its_own_with_the_shared_name():
+    tasks = []
+
+    async def app(scope, receive, send):
+        tasks.append(asyncio.current_task())
+        await send(START)
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    frames = serve(app, c.encode_request_head(1, "GET", "/", 2, [], "p")
+                   + c.encode_request_head(2, "GET", "/", 2, [], "p"))
+    assert [t for t, _ in frames] == [c.RESPONSE_HEAD, c.RESPONSE_HEAD]
+    assert len(tasks) == 2 and tasks[0] is not tasks[1]
+    assert [t.get_name() for t in tasks] == [aio.TASK_NAME] * 2
+
+
+def test_a_task_factory_the_app_set_makes_the_request_tasks():
+    made = []
+
+    def factory(loop, coro, **kw):
+        made.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    frames = serve(app_sending(START, {"type": "http.response.body", "body": b"hello"}),
+                   c.encode_request_head(1, "GET", "/", 2, [], "p"),
+                   on_loop=lambda loop: loop.set_task_factory(factory))
+    assert [t for t, _ in frames] == [c.RESPONSE_HEAD]
+    # (asyncio.run's own shutdown makes tasks through it too.)
+    assert made.count("ASGIServer.handle") == 1, made
 
 
 def test_a_whole_small_body_is_one_response_frame():
