@@ -139,7 +139,8 @@ pub struct Spread {
     pub n: usize,
 }
 
-fn spread(v: Vec<f64>) -> Option<Spread> {
+/// Median, min and max of `v` (None if it is empty).
+pub fn spread(v: Vec<f64>) -> Option<Spread> {
     let min = v.iter().copied().reduce(f64::min)?;
     let max = v.iter().copied().reduce(f64::max)?;
     let n = v.len();

@@ -6,6 +6,7 @@
 //! and the report section with the SDKs' targets; it reuses the orchestrator's
 //! process, wrk and counter helpers.
 
+use crate::report::Spread;
 use crate::server::{self, Server};
 use crate::{measured_run, say, warn, wrk, Env, Measured, Mode, Noise, Opts, READY_TIMEOUT};
 use std::ffi::OsString;
@@ -432,14 +433,14 @@ fn cell(runs: &[SdkRun], mode: Mode, peer: Peer) -> Option<Cell> {
     })
 }
 
-/// Median over rounds of the per-round ratio `f(a) / f(b)`.
+/// Median (and range) over rounds of the per-round ratio `f(a) / f(b)`.
 fn ratio(
     runs: &[SdkRun],
     mode: Mode,
     a: Peer,
     b: Peer,
     f: fn(&SdkRun) -> Option<f64>,
-) -> Option<f64> {
+) -> Option<Spread> {
     let v = runs
         .iter()
         .filter(|r| r.mode == mode && r.peer == a)
@@ -451,7 +452,7 @@ fn ratio(
         })
         .filter(|x| x.is_finite())
         .collect();
-    crate::report::median(v)
+    crate::report::spread(v)
 }
 
 /// The peer each row is compared with.
@@ -554,7 +555,8 @@ pub fn render(runs: &[SdkRun], modes: &[Mode], versions: &str) -> String {
         "The same hello app (`sdk/python/bench/hello_wsgi.py`, `hello_asgi.py`, \
          `sdk/node/bench/hello-*.mjs`, `bench/node-cluster.js`) under ferry with the \
          SDKs' workers and under the servers their users run today; medians over rounds, \
-         ratios are medians of per-round ratios against the row's baseline. *master* is \
+         ratios are medians of per-round ratios against the row's baseline (in the targets \
+         table with their range over rounds). *master* is \
          ferry's master process alone, *workers* the rest of its tree.{}\n",
         if versions.is_empty() {
             String::new()
@@ -570,8 +572,18 @@ pub fn render(runs: &[SdkRun], modes: &[Mode], versions: &str) -> String {
         for &m in modes {
             let r = ratio(runs, m, t.ferry, t.base, t.of());
             let (measured, status) = match r {
-                Some(x) => (
-                    format!("{x:.2}×"),
+                // The range shows how far the rounds spread around the line.
+                Some(Spread {
+                    median: x,
+                    min,
+                    max,
+                    n,
+                }) => (
+                    if n > 1 {
+                        format!("{x:.2}× ({min:.2}–{max:.2})")
+                    } else {
+                        format!("{x:.2}×")
+                    },
                     if t.reported_only() {
                         "reported"
                     } else if t.met(x) {
@@ -599,7 +611,8 @@ pub fn render(runs: &[SdkRun], modes: &[Mode], versions: &str) -> String {
                 if peer == base {
                     "base".into()
                 } else {
-                    ratio(runs, m, peer, base, f).map_or("–".into(), |x| format!("{x:.2}×"))
+                    ratio(runs, m, peer, base, f)
+                        .map_or("–".into(), |x| format!("{:.2}×", x.median))
                 }
             };
             let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
@@ -626,7 +639,7 @@ pub fn render(runs: &[SdkRun], modes: &[Mode], versions: &str) -> String {
             let (Some(fa), Some(fb)) = (cell(runs, m, t.ferry), cell(runs, m, t.base)) else {
                 continue;
             };
-            let r = ratio(runs, m, t.ferry, t.base, t.of());
+            let r = ratio(runs, m, t.ferry, t.base, t.of()).map(|r| r.median);
             let (Some(master), Some(total), Some(base), Some(r)) =
                 (fa.master_us, fa.cpu_us, fb.cpu_us, r)
             else {
@@ -703,10 +716,15 @@ mod tests {
         ];
         assert_eq!(
             ratio(&runs, Mode::Pinned, Peer::FerryFetch, Peer::Cluster, rps),
-            Some(1.3)
+            Some(Spread {
+                median: 1.3,
+                min: 1.0,
+                max: 1.4,
+                n: 3
+            })
         );
         assert_eq!(
-            ratio(&runs, Mode::Pinned, Peer::FerryFetch, Peer::Cluster, cpu),
+            ratio(&runs, Mode::Pinned, Peer::FerryFetch, Peer::Cluster, cpu).map(|r| r.median),
             Some(0.75)
         );
         assert_eq!(
@@ -716,7 +734,7 @@ mod tests {
         let out = render(&runs, &[Mode::Pinned], "");
         assert!(
             out.contains(
-                "| Node: ferry (fetch) ≥ 1.3× node:cluster's req/s | pinned | 1.30× | MET |"
+                "| Node: ferry (fetch) ≥ 1.3× node:cluster's req/s | pinned | 1.30× (1.00–1.40) | MET |"
             ),
             "{out}"
         );
