@@ -12,6 +12,14 @@ session lock, and whoever removes the id (the handler finishing, or a Cancel arr
 writes the terminal message inside the same critical section. Writes happen under that
 lock too, so frames of different requests never interleave.
 
+Under load, answers go out in batches, as aio.py's do: a handler's terminal frame (or
+streamed head) waits in ``_out`` while more requests are queued to run, and goes out
+with the others when the queue empties, in one write instead of one each (each write
+wakes the master: a tenth less CPU per hello request for the whole tree). Any
+other write (Pong, Credit, a body chunk, Goodbye) and any wait on the master sends
+what waits first, and the watchdog sends it every TICK, so an answer held behind a
+slow handler is late by a tick at most.
+
 Handlers get an ``Exchange``: the request's head, a blocking reader of its body (which
 grants the master credit as the body is consumed) and the calls that send the
 response (``respond`` for a whole body, or ``start``/``write``/``end`` to stream it
@@ -122,7 +130,7 @@ class Exchange:
             if self.gone:
                 raise RequestGone("the request was cancelled")
             self.head_sent = True
-            s._write(frame)
+            s._hold(frame)
 
     def write(self, data):
         """Sends body bytes in chunks, waiting for the master's credit when the window
@@ -178,6 +186,7 @@ class Session:
         self.max_in_flight = self.threads
         self.worker_index = None
         self._lock = threading.Lock()
+        self._out = []                # frames held for the next write (under _lock)
         self._table = {}
         self._draining = False
         self._closed = False          # Goodbye sent: nothing more goes out
@@ -198,12 +207,33 @@ class Session:
     # ------------------------------------------------------------ writing (under _lock)
 
     def _write(self, frame):
-        if not self._closed:
+        if self._closed:
+            return
+        out = self._out
+        if out:
+            out.append(frame)
+            self._flush()
+        else:
             self._sock.sendall(frame)
+
+    def _hold(self, frame):
+        """Writes a handler's answer, or holds it while more requests wait to run."""
+        if self._work and not self._closed:
+            self._out.append(frame)
+        else:
+            self._write(frame)
+
+    def _flush(self):
+        out = self._out
+        if out and not self._closed:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._sock.sendall(data)
 
     def _writev(self, header, data):
         if self._closed:
             return
+        self._flush()
         sent = self._sock.sendmsg((header, data))
         total = len(header) + len(data)
         if sent < total:              # a blocking send is cut short only by a signal
@@ -216,7 +246,7 @@ class Session:
             if self._table.pop(ex.id, None) is None:
                 return False
             ex.gone = True
-            self._write(frame)
+            self._hold(frame)
             if self._draining and not self._table:
                 self._goodbye()
             return True
@@ -235,6 +265,7 @@ class Session:
     def _goodbye(self):
         if self._retired is None:     # a retired worker said its Goodbye already
             self._write(codec.encode_goodbye("drained"))
+        self._flush()
         self._closed = True
         # Wake the reader, blocked in recv, so that it sees the end and we exit.
         try:
@@ -264,6 +295,7 @@ class Session:
     def _await(self, ex):
         """Waits (``_lock`` held) until something arrives for ``ex``: by reading the
         channel itself if no one is, else by sleeping until the reader signals."""
+        self._flush()                 # what we hold may be what the master waits for
         if self._token.acquire(False):
             self._lock.release()
             try:
@@ -297,6 +329,9 @@ class Session:
                 except IndexError:
                     continue
                 self._run(ex)
+                if not work and self._out:
+                    with lock:
+                        self._flush()
                 continue
             if self._done.is_set():
                 return
@@ -359,6 +394,7 @@ class Session:
         last_reads, last_head = -1, None
         while not self._done.wait(TICK):
             with lock:
+                self._flush()               # answers held behind a slow handler
                 head = work[0] if work else None
                 if head is not None and head is last_head and self._idle:
                     self._idle_cond.notify(len(work))

@@ -478,3 +478,4 @@ def test_ferry_reports_the_import_error_as_a_start_failure(start_ferry):
     assert f.wait_exit(30) == 1
     f.wait_for("failed to start")
     assert "No module named 'no_such_module_here'" in f.log()
+
