@@ -16,6 +16,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     FerryWsgi,
+    /// The same with 16 threads a worker: deeper batches on the channel (reported).
+    FerryWsgi16,
     GunicornSync,
     GunicornGthread,
     Granian,
@@ -34,8 +36,9 @@ pub enum Lang {
 
 impl Peer {
     /// Also the order in which each round runs them.
-    pub const ALL: [Peer; 9] = [
+    pub const ALL: [Peer; 10] = [
         Peer::FerryWsgi,
+        Peer::FerryWsgi16,
         Peer::GunicornSync,
         Peer::GunicornGthread,
         Peer::Granian,
@@ -48,7 +51,8 @@ impl Peer {
 
     pub fn name(self) -> &'static str {
         match self {
-            Peer::FerryWsgi => "ferry + ferry_worker.wsgi",
+            Peer::FerryWsgi => "ferry + ferry_worker.wsgi (4 threads)",
+            Peer::FerryWsgi16 => "ferry + ferry_worker.wsgi (16 threads)",
             Peer::GunicornSync => "gunicorn sync",
             Peer::GunicornGthread => "gunicorn gthread (4 threads)",
             Peer::Granian => "granian wsgi",
@@ -71,7 +75,11 @@ impl Peer {
     fn is_ferry(self) -> bool {
         matches!(
             self,
-            Peer::FerryWsgi | Peer::FerryAsgi | Peer::FerryFetch | Peer::FerryNodeHttp
+            Peer::FerryWsgi
+                | Peer::FerryWsgi16
+                | Peer::FerryAsgi
+                | Peer::FerryFetch
+                | Peer::FerryNodeHttp
         )
     }
 
@@ -130,6 +138,14 @@ fn argv(env: &Env, py: &std::path::Path, peer: Peer, port: u16) -> Vec<OsString>
             s("-m"),
             s("ferry_worker.wsgi"),
             s("hello_wsgi:app"),
+        ]),
+        Peer::FerryWsgi16 => ferry(vec![
+            py,
+            s("-m"),
+            s("ferry_worker.wsgi"),
+            s("hello_wsgi:app"),
+            s("--threads"),
+            s("16"),
         ]),
         Peer::FerryAsgi => ferry(vec![
             py,
@@ -505,7 +521,7 @@ impl Target {
     }
 }
 
-const TARGETS: [Target; 5] = [
+const TARGETS: [Target; 6] = [
     Target {
         what: "WSGI: ferry ≥ 3× Gunicorn sync's req/s",
         ferry: Peer::FerryWsgi,
@@ -516,6 +532,13 @@ const TARGETS: [Target; 5] = [
     Target {
         what: "WSGI: ferry's req/s against Granian's (reported; stretch: 1×)",
         ferry: Peer::FerryWsgi,
+        base: Peer::Granian,
+        on_cpu: false,
+        times: 1.0,
+    },
+    Target {
+        what: "WSGI, 16 threads: ferry's req/s against Granian's (reported)",
+        ferry: Peer::FerryWsgi16,
         base: Peer::Granian,
         on_cpu: false,
         times: 1.0,
@@ -804,6 +827,9 @@ mod tests {
         assert_eq!(
             line(Peer::FerryWsgi),
             "/repo/target/release/ferry --listen 127.0.0.1:8080 --workers 2 --control-socket off -- /v/bin/python -m ferry_worker.wsgi hello_wsgi:app"
+        );
+        assert!(
+            line(Peer::FerryWsgi16).ends_with("-m ferry_worker.wsgi hello_wsgi:app --threads 16")
         );
         assert!(line(Peer::GunicornSync).starts_with("/v/bin/gunicorn -w 2 -b 127.0.0.1:8080"));
         assert!(
