@@ -205,16 +205,17 @@ class AsyncSession(asyncio.Protocol):
         # read: as many as the work of a small request). 64 KiB stays on the heap.
         if getattr(transport, "max_size", 0) > READ_SIZE:
             transport.max_size = READ_SIZE
-        # A task per request, made directly (a C call through partial): the loop's
-        # create_task would name each one "Task-N", a string formatted per request
-        # (1 400 of the 11 000 instructions a task costs here); they share one name.
-        task = functools.partial(asyncio.Task, loop=self.loop, name=TASK_NAME)
-        if sys.version_info >= (3, 12):
-            # Eager tasks (3.12+): a handler runs at once, in data_received, until it
-            # first waits; most answer right there, with no pass of the loop.
-            task = functools.partial(task, eager_start=True)
         if self.loop.get_task_factory() is not None:
             task = self.loop.create_task        # the app's factory (set by its startup) wins
+        else:
+            # A task per request, made directly (a C call through partial): the loop's
+            # create_task would name each one "Task-N", a string formatted per request
+            # (1 400 of the 11 000 instructions a task costs here); they share one name.
+            task = functools.partial(asyncio.Task, loop=self.loop, name=TASK_NAME)
+            if sys.version_info >= (3, 12):
+                # Eager tasks (3.12+): a handler runs at once, in data_received, until
+                # it first waits; most answer right there, with no pass of the loop.
+                task = functools.partial(task, eager_start=True)
         self._create_task = task
         transport.write(self.hello)
 

@@ -66,7 +66,6 @@ _u64 = struct.Struct(">Q")
 _u16_unpack = _u16.unpack_from
 _u32_unpack = _u32.unpack_from
 _u64_unpack = _u64.unpack_from
-_u32_u64 = struct.Struct(">IQ").unpack_from
 _pack_u32 = _u32.pack
 _pack_u64 = _u64.pack
 
