@@ -133,20 +133,13 @@ fn argv(env: &Env, py: &std::path::Path, peer: Peer, port: u16) -> Vec<OsString>
     let py = py.as_os_str().to_owned();
     let node_sdk = env.root.join("sdk/node");
     match peer {
-        Peer::FerryWsgi => ferry(vec![
-            py,
-            s("-m"),
-            s("ferry_worker.wsgi"),
-            s("hello_wsgi:app"),
-        ]),
-        Peer::FerryWsgi16 => ferry(vec![
-            py,
-            s("-m"),
-            s("ferry_worker.wsgi"),
-            s("hello_wsgi:app"),
-            s("--threads"),
-            s("16"),
-        ]),
+        Peer::FerryWsgi | Peer::FerryWsgi16 => {
+            let mut v = vec![py, s("-m"), s("ferry_worker.wsgi"), s("hello_wsgi:app")];
+            if peer == Peer::FerryWsgi16 {
+                v.extend([s("--threads"), s("16")]);
+            }
+            ferry(v)
+        }
         Peer::FerryAsgi => ferry(vec![
             py,
             s("-m"),
